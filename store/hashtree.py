@@ -1,0 +1,247 @@
+"""Hash trees: a byte stream of any length as DATA leaves under POINTER blocks.
+
+Writing: bytes go through a chunker (store.chunker) into leaves; an all-zero leaf, and any
+hole the caller declares (``write_hole``, e.g. from SEEK_HOLE), is not stored but recorded as
+a NULL_SCORE entry with its size. Leaf entries gather into POINTER blocks of up to
+``FANOUT`` children; those gather into higher pointers until one root remains.
+
+The root names the whole stream by itself: a stream that is one stored leaf is that DATA
+block; anything else is a POINTER block, whose sizes give the total length. Sizes are u64,
+so streams beyond 4 GiB (and holes of any size) are fine.
+
+Reading any byte range costs O(depth) block reads: each pointer's child sizes locate the
+child that holds an offset.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from store.base import BlockStore
+from store.block import BlockType, encode_refs, split_refs
+from store.chunker import Chunker, default_chunker
+from store.errors import InvalidBlock
+from store.score import NULL_SCORE, Score
+
+FANOUT = 1024
+_U64 = struct.Struct(">Q")
+_READ_SIZE = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRef:
+    score: Score
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PointerNode:
+    depth: int
+    children: list[Score]
+    sizes: list[int]
+
+
+def encode_pointer(depth: int, children: list[bytes], sizes: list[int]) -> bytes:
+    if len(children) != len(sizes) or not children:
+        raise InvalidBlock("a pointer block needs one size per child, and at least one")
+    if not 1 <= depth <= 255:
+        raise InvalidBlock(f"pointer depth {depth} out of range")
+    body = bytes((depth,)) + struct.pack(f">{len(sizes)}Q", *sizes)
+    return encode_refs(children, body)
+
+
+def decode_pointer(data: bytes) -> PointerNode:
+    refs, body = split_refs(BlockType.POINTER, data)
+    if len(body) != 1 + 8 * len(refs) or not refs:
+        raise InvalidBlock("pointer block body does not match its reference count")
+    depth = body[0]
+    sizes = list(struct.unpack(f">{len(refs)}Q", body[1:]))
+    return PointerNode(depth, refs, sizes)
+
+
+class TreeWriter:
+    """Stream bytes in with ``write``/``write_hole``; ``finish`` returns the TreeRef."""
+
+    def __init__(self, store: BlockStore, chunker: Chunker | None = None) -> None:
+        self.store = store
+        self.chunker = chunker or default_chunker()
+        self._buf = bytearray()
+        self._levels: list[list[tuple[Score, int]]] = [[]]
+        self._zero = bytes(self.chunker.max_size)
+        self.size = 0
+        self.stored_leaves = 0
+        self.hole_bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+        if len(self._buf) >= 4 * self.chunker.max_size:
+            self._drain(final=False)
+
+    def write_hole(self, n: int) -> None:
+        """Append *n* zero bytes without reading or storing them."""
+        if n <= 0:
+            return
+        self._drain(final=True)
+        self._add(0, NULL_SCORE, n)
+        self.size += n
+        self.hole_bytes += n
+
+    def _drain(self, final: bool) -> None:
+        if not self._buf:
+            return
+        mv = memoryview(self._buf)
+        off = 0
+        for length in self.chunker.cut(mv, final):
+            self._leaf(mv[off : off + length])
+            off += length
+        mv.release()
+        del self._buf[:off]
+
+    def _leaf(self, chunk: memoryview) -> None:
+        n = len(chunk)
+        self.size += n
+        if chunk == memoryview(self._zero)[:n]:
+            self._add(0, NULL_SCORE, n)
+            self.hole_bytes += n
+            return
+        self._add(0, self.store.put(BlockType.DATA, chunk), n)
+        self.stored_leaves += 1
+
+    def _add(self, level: int, score: Score, size: int) -> None:
+        while len(self._levels) <= level:
+            self._levels.append([])
+        entries = self._levels[level]
+        entries.append((score, size))
+        if len(entries) == FANOUT:
+            self._flush_level(level)
+
+    def _flush_level(self, level: int) -> None:
+        entries = self._levels[level]
+        self._levels[level] = []
+        scores = [s for s, _ in entries]
+        sizes = [n for _, n in entries]
+        ptr = self.store.put(BlockType.POINTER, encode_pointer(level + 1, scores, sizes))
+        self._add(level + 1, ptr, sum(sizes))
+
+    def finish(self) -> TreeRef:
+        self._drain(final=True)
+        level = 0
+        while True:
+            higher = any(self._levels[i] for i in range(level + 1, len(self._levels)))
+            entries = self._levels[level]
+            if not higher:
+                if not entries:
+                    return TreeRef(self.store.put(BlockType.DATA, b""), 0)
+                if level == 0 and len(entries) == 1 and entries[0][0] != NULL_SCORE:
+                    return TreeRef(entries[0][0], entries[0][1])
+                if level > 0 and len(entries) == 1:
+                    return TreeRef(entries[0][0], entries[0][1])
+            if entries:
+                self._flush_level(level)
+            level += 1
+
+
+def write_stream(store: BlockStore, f: BinaryIO, chunker: Chunker | None = None) -> TreeRef:
+    """Store everything readable from *f* as a hash tree."""
+    w = TreeWriter(store, chunker)
+    while True:
+        data = f.read(_READ_SIZE)
+        if not data:
+            break
+        w.write(data)
+    return w.finish()
+
+
+def write_bytes(store: BlockStore, data: bytes, chunker: Chunker | None = None) -> TreeRef:
+    w = TreeWriter(store, chunker)
+    w.write(data)
+    return w.finish()
+
+
+class TreeReader:
+    """Random access to a hash tree by its root score."""
+
+    def __init__(self, store: BlockStore, root: bytes) -> None:
+        self.store = store
+        self.root = Score(bytes(root))
+        blk = store.get(self.root)
+        if blk.type == BlockType.DATA:
+            self._leaf: bytes | None = blk.data
+            self._node: PointerNode | None = None
+            self.size = len(blk.data)
+        elif blk.type == BlockType.POINTER:
+            self._leaf = None
+            self._node = decode_pointer(blk.data)
+            self.size = sum(self._node.sizes)
+        else:
+            raise InvalidBlock(f"{blk.type.name} block is not the root of a hash tree")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to *length* bytes from *offset* (short only at the end of the stream)."""
+        return b"".join(self.iter_range(offset, length))
+
+    def iter_range(self, offset: int, length: int | None = None) -> Iterator[bytes]:
+        if offset < 0:
+            raise ValueError("negative offset")
+        end = self.size if length is None else min(self.size, offset + length)
+        if offset >= end:
+            return
+        if self._leaf is not None:
+            yield self._leaf[offset:end]
+            return
+        assert self._node is not None
+        yield from self._iter_node(self._node, offset, end)
+
+    def _iter_node(self, node: PointerNode, start: int, end: int) -> Iterator[bytes]:
+        base = 0
+        for child, size in zip(node.children, node.sizes, strict=True):
+            lo, hi = base, base + size
+            base = hi
+            if hi <= start:
+                continue
+            if lo >= end:
+                return
+            a, b = max(start, lo) - lo, min(end, hi) - lo
+            if child == NULL_SCORE:
+                yield from _zeros(b - a)
+            elif node.depth == 1:
+                blk = self.store.get(child)
+                if blk.type != BlockType.DATA or len(blk.data) != size:
+                    raise InvalidBlock("hash tree leaf does not match its pointer entry")
+                yield blk.data[a:b] if (a, b) != (0, size) else blk.data
+            else:
+                blk = self.store.get(child)
+                if blk.type != BlockType.POINTER:
+                    raise InvalidBlock("hash tree interior entry is not a pointer block")
+                sub = decode_pointer(blk.data)
+                if sub.depth != node.depth - 1 or sum(sub.sizes) != size:
+                    raise InvalidBlock("hash tree pointer does not match its parent entry")
+                yield from self._iter_node(sub, a, b)
+
+    def leaf_scores(self) -> Iterator[tuple[Score, int]]:
+        """(score, size) of every leaf in order; holes as NULL_SCORE."""
+        if self._leaf is not None:
+            yield self.root, self.size
+            return
+        assert self._node is not None
+        yield from self._leaves(self._node)
+
+    def _leaves(self, node: PointerNode) -> Iterator[tuple[Score, int]]:
+        for child, size in zip(node.children, node.sizes, strict=True):
+            if node.depth == 1 or child == NULL_SCORE:
+                yield child, size
+            else:
+                yield from self._leaves(decode_pointer(self.store.get(child).data))
+
+
+_ZERO_BLOCK = bytes(1 << 20)
+
+
+def _zeros(n: int) -> Iterator[bytes]:
+    while n > 0:
+        k = min(n, len(_ZERO_BLOCK))
+        yield _ZERO_BLOCK[:k] if k < len(_ZERO_BLOCK) else _ZERO_BLOCK
+        n -= k
