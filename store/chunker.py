@@ -4,7 +4,7 @@ Two chunkers behind one small interface: ``FixedChunker`` (every leaf the same s
 venti's vac did) and ``CdcChunker`` (content-defined boundaries by FastCDC 2020, via
 pyfastcdc's C implementation), which keeps dedup after insertions because a boundary
 depends on the bytes around it, not on its offset. docs/hashtree.md has the measurements
-behind the default (CDC, 16 KiB min / 64 KiB target / 256 KiB max).
+behind the default (CDC, 4 KiB min / 16 KiB target / 64 KiB max).
 
 A chunker is fed a buffer and told whether more data follows; it returns the lengths of the
 complete chunks it found and leaves the unfinished tail to the caller, so callers can stream
@@ -54,7 +54,7 @@ class FixedChunker(Chunker):
 
 
 class CdcChunker(Chunker):
-    def __init__(self, avg: int = 64 << 10, min_size: int = 16 << 10, max_size: int = 256 << 10) -> None:
+    def __init__(self, avg: int = 16 << 10, min_size: int = 4 << 10, max_size: int = 64 << 10) -> None:
         if not (64 <= min_size <= avg <= max_size):
             raise ValueError("need 64 <= min <= avg <= max")
         self.avg, self.min_size, self.max_size = avg, min_size, max_size

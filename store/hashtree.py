@@ -15,8 +15,13 @@ child that holds an offset.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import os
 import struct
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -42,6 +47,11 @@ class PointerNode:
     depth: int
     children: list[Score]
     sizes: list[int]
+    starts: list[int]  # starts[i] = offset of child i within this subtree (prefix sums)
+
+    @property
+    def size(self) -> int:
+        return self.starts[-1] + self.sizes[-1]
 
 
 def encode_pointer(depth: int, children: list[bytes], sizes: list[int]) -> bytes:
@@ -59,18 +69,39 @@ def decode_pointer(data: bytes) -> PointerNode:
         raise InvalidBlock("pointer block body does not match its reference count")
     depth = body[0]
     sizes = list(struct.unpack(f">{len(refs)}Q", body[1:]))
-    return PointerNode(depth, refs, sizes)
+    starts = [0, *itertools.accumulate(sizes[:-1])]
+    return PointerNode(depth, refs, sizes, starts)
+
+
+_SHARED_POOL: ThreadPoolExecutor | None = None
+
+
+def shared_pool() -> ThreadPoolExecutor:
+    """One process-wide pool for hashing and compressing leaves (both release the GIL)."""
+    global _SHARED_POOL
+    if _SHARED_POOL is None:
+        _SHARED_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="leaf")
+    return _SHARED_POOL
 
 
 class TreeWriter:
     """Stream bytes in with ``write``/``write_hole``; ``finish`` returns the TreeRef."""
 
-    def __init__(self, store: BlockStore, chunker: Chunker | None = None) -> None:
+    def __init__(
+        self,
+        store: BlockStore,
+        chunker: Chunker | None = None,
+        pool: ThreadPoolExecutor | None | bool = False,
+    ) -> None:
+        """*pool*: True for the shared leaf pool, an executor, or False/None to put inline."""
         self.store = store
         self.chunker = chunker or default_chunker()
         self._buf = bytearray()
         self._levels: list[list[tuple[Score, int]]] = [[]]
         self._zero = bytes(self.chunker.max_size)
+        self._pool = shared_pool() if pool is True else (pool or None)
+        self._inflight: deque[tuple[Future[Score], int]] = deque()
+        self._window = 4 * (self._pool._max_workers if self._pool else 1)  # type: ignore[attr-defined]
         self.size = 0
         self.stored_leaves = 0
         self.hole_bytes = 0
@@ -85,6 +116,7 @@ class TreeWriter:
         if n <= 0:
             return
         self._drain(final=True)
+        self._settle(0)
         self._add(0, NULL_SCORE, n)
         self.size += n
         self.hole_bytes += n
@@ -103,12 +135,24 @@ class TreeWriter:
     def _leaf(self, chunk: memoryview) -> None:
         n = len(chunk)
         self.size += n
-        if chunk == memoryview(self._zero)[:n]:
+        data = bytes(chunk)
+        if data[:1] == b"\0" and data[-1:] == b"\0" and data == self._zero[:n]:
+            self._settle(0)
             self._add(0, NULL_SCORE, n)
             self.hole_bytes += n
             return
-        self._add(0, self.store.put(BlockType.DATA, chunk), n)
         self.stored_leaves += 1
+        if self._pool is None:
+            self._add(0, self.store.put(BlockType.DATA, data), n)
+            return
+        self._inflight.append((self._pool.submit(self.store.put, BlockType.DATA, data), n))
+        self._settle(self._window)
+
+    def _settle(self, keep: int) -> None:
+        """Resolve in-flight leaf puts, oldest first, until at most *keep* remain."""
+        while len(self._inflight) > keep:
+            fut, n = self._inflight.popleft()
+            self._add(0, fut.result(), n)
 
     def _add(self, level: int, score: Score, size: int) -> None:
         while len(self._levels) <= level:
@@ -128,6 +172,7 @@ class TreeWriter:
 
     def finish(self) -> TreeRef:
         self._drain(final=True)
+        self._settle(0)
         level = 0
         while True:
             higher = any(self._levels[i] for i in range(level + 1, len(self._levels)))
@@ -167,6 +212,7 @@ class TreeReader:
     def __init__(self, store: BlockStore, root: bytes) -> None:
         self.store = store
         self.root = Score(bytes(root))
+        self._nodes: dict[bytes, PointerNode] = {}
         blk = store.get(self.root)
         if blk.type == BlockType.DATA:
             self._leaf: bytes | None = blk.data
@@ -175,7 +221,7 @@ class TreeReader:
         elif blk.type == BlockType.POINTER:
             self._leaf = None
             self._node = decode_pointer(blk.data)
-            self.size = sum(self._node.sizes)
+            self.size = self._node.size
         else:
             raise InvalidBlock(f"{blk.type.name} block is not the root of a hash tree")
 
@@ -195,13 +241,25 @@ class TreeReader:
         assert self._node is not None
         yield from self._iter_node(self._node, offset, end)
 
+    def _node_at(self, score: Score, depth: int, size: int) -> PointerNode:
+        node = self._nodes.get(score)
+        if node is None:
+            blk = self.store.get(score)
+            if blk.type != BlockType.POINTER:
+                raise InvalidBlock("hash tree interior entry is not a pointer block")
+            node = decode_pointer(blk.data)
+            if len(self._nodes) >= 64:
+                self._nodes.pop(next(iter(self._nodes)))
+            self._nodes[score] = node
+        if node.depth != depth or node.size != size:
+            raise InvalidBlock("hash tree pointer does not match its parent entry")
+        return node
+
     def _iter_node(self, node: PointerNode, start: int, end: int) -> Iterator[bytes]:
-        base = 0
-        for child, size in zip(node.children, node.sizes, strict=True):
-            lo, hi = base, base + size
-            base = hi
-            if hi <= start:
-                continue
+        first = bisect.bisect_right(node.starts, start) - 1
+        for i in range(first, len(node.children)):
+            child, size, lo = node.children[i], node.sizes[i], node.starts[i]
+            hi = lo + size
             if lo >= end:
                 return
             a, b = max(start, lo) - lo, min(end, hi) - lo
@@ -213,13 +271,7 @@ class TreeReader:
                     raise InvalidBlock("hash tree leaf does not match its pointer entry")
                 yield blk.data[a:b] if (a, b) != (0, size) else blk.data
             else:
-                blk = self.store.get(child)
-                if blk.type != BlockType.POINTER:
-                    raise InvalidBlock("hash tree interior entry is not a pointer block")
-                sub = decode_pointer(blk.data)
-                if sub.depth != node.depth - 1 or sum(sub.sizes) != size:
-                    raise InvalidBlock("hash tree pointer does not match its parent entry")
-                yield from self._iter_node(sub, a, b)
+                yield from self._iter_node(self._node_at(child, node.depth - 1, size), a, b)
 
     def leaf_scores(self) -> Iterator[tuple[Score, int]]:
         """(score, size) of every leaf in order; holes as NULL_SCORE."""

@@ -42,6 +42,7 @@ from store.segment import (
     SEGMENT_HEADER_SIZE,
     BadRecord,
     Location,
+    RecordHeader,
     decode_record_header,
     decode_segment_header,
     encode_record_header,
@@ -104,7 +105,7 @@ class LocalStore(BlockStore):
         if not readonly:
             self._take_lock()
         try:
-            self._env = lmdb.open(
+            self._env = _open_env(
                 str(path / "index"),
                 map_size=1 << 40,
                 max_dbs=4,
@@ -141,6 +142,10 @@ class LocalStore(BlockStore):
                 f.write(encode_segment_header(0))
                 f.flush()
                 os.fsync(f.fileno())
+        env = lmdb.open(str(p / "index"), map_size=1 << 40, max_dbs=4, subdir=True)
+        env.open_db(b"blocks")
+        env.open_db(b"meta")
+        env.close()
         tmp = p / "FORMAT.tmp"
         tmp.write_text(FORMAT_LINE)
         os.replace(tmp, fmt)
@@ -282,7 +287,7 @@ class LocalStore(BlockStore):
         os.fsync(self._append_fd)
         self._cur_size = off
 
-    def _scan(self, start: int, *, verify: bool, tolerate_tail: bool) -> Iterator[tuple[int, object, bool]]:
+    def _scan(self, start: int, *, verify: bool, tolerate_tail: bool) -> Iterator[tuple[int, RecordHeader | None, bool]]:
         """Yield (position, header, ok) for records from *start*; see iter_log for the reader."""
         for pos, hdr, payload, err in self._records(start):
             if err is not None:
@@ -310,7 +315,7 @@ class LocalStore(BlockStore):
                     )
             yield pos, hdr, True
 
-    def _records(self, start: int) -> Iterator[tuple[int, object, bytes, str | None]]:
+    def _records(self, start: int) -> Iterator[tuple[int, RecordHeader | None, bytes, str | None]]:
         """Raw records from log position *start*: (pos, header|None, stored payload, error)."""
         with self._wlock:
             starts = list(self._starts)
@@ -390,15 +395,15 @@ class LocalStore(BlockStore):
                     self._read_fds[seg_start] = fd
         return fd
 
-    def _decode_payload(self, hdr: object, payload: bytes) -> bytes:
-        if hdr.codec == CODEC_RAW:  # type: ignore[attr-defined]
+    def _decode_payload(self, hdr: RecordHeader, payload: bytes) -> bytes:
+        if hdr.codec == CODEC_RAW:
             return payload
         try:
-            data = self._zstd.d.decompress(payload, max_output_size=hdr.raw_len)  # type: ignore[attr-defined]
+            data = self._zstd.d.decompress(payload, max_output_size=hdr.raw_len)
         except zstandard.ZstdError as e:
-            raise CorruptBlock(hdr.score, "zstd payload", str(e)) from None  # type: ignore[attr-defined]
-        if len(data) != hdr.raw_len:  # type: ignore[attr-defined]
-            raise CorruptBlock(hdr.score, "zstd payload", "wrong decompressed size")  # type: ignore[attr-defined]
+            raise CorruptBlock(hdr.score, "zstd payload", str(e)) from None
+        if len(data) != hdr.raw_len:
+            raise CorruptBlock(hdr.score, "zstd payload", "wrong decompressed size")
         return data
 
     def get(self, score: bytes) -> Block:
@@ -638,6 +643,13 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+def _open_env(path: str, **kw: object) -> lmdb.Environment:
+    try:
+        return lmdb.open(path, **kw)  # type: ignore[arg-type]
+    except lmdb.Error as e:
+        raise StoreError(f"cannot open the store index {path}: {e}") from None
 
 
 def _write_all(fd: int, *parts: bytes) -> None:

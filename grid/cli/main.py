@@ -17,7 +17,6 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "init_cmd",
     "store_cmd",
-    "demo_cmd",
 )
 
 

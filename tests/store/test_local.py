@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -161,7 +162,7 @@ def test_segments_roll_and_log_positions(tmp_path):
         assert [r.score for r in recs] == scores
         positions = [r.position for r in recs]
         assert positions == sorted(positions)
-        assert all(a.next_position <= b.position for a, b in zip(recs, recs[1:], strict=False))
+        assert all(a.next_position <= b.position for a, b in itertools.pairwise(recs))
         # Resume from any record boundary, and from the end.
         k = 137
         assert [r.score for r in s.iter_log(recs[k].position)] == scores[k:]

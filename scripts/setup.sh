@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up everything grid needs on a Debian machine, as root: Debian packages, then a virtual
+# environment (.venv) with grid and its test tools installed. Idempotent and quiet when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev diod)
+missing=()
+for p in "${DEBS[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PY --version)" >&2
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.grid-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing grid and its dependencies into .venv" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip 2>&1 | grep -v -i warning || true
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i warning || true
+    .venv/bin/python -c 'import grid.cli.main, store.local, blake3, lmdb, zstandard' 
+    touch "$stamp"
+fi
