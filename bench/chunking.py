@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store.chunker import CdcChunker, Chunker, FixedChunker  # noqa: E402
-from store.hashtree import write_bytes  # noqa: E402
-from store.memory import MemoryStore  # noqa: E402
+from store.chunker import CdcChunker, Chunker, FixedChunker
+from store.hashtree import write_bytes
+from store.memory import MemoryStore
 
 
 def make(size: int, rng: random.Random) -> bytearray:

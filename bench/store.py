@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store.block import BlockType  # noqa: E402
-from store.hashtree import TreeReader, TreeWriter  # noqa: E402
-from store.local import LocalStore  # noqa: E402
+from store.block import BlockType
+from store.hashtree import TreeReader, TreeWriter
+from store.local import LocalStore
 
 BLOCK = 64 << 10
 
@@ -111,7 +111,7 @@ def main() -> None:
                              f"{count / dt:.0f} reads/s ({dt / count * 1e6:.0f} µs each)"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"bench/store: {nbytes / (1 << 30):.2f} GiB, {len(blocks)} blocks of 64 KiB (half random, half zero)")
+    print(f"bench/store: {nbytes / (1 << 30):.2f} GiB, {nbytes // BLOCK} blocks of 64 KiB (half random, half zero)")
     w = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"  {a:<{w}}  {b}")

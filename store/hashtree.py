@@ -91,7 +91,7 @@ class TreeWriter:
         self,
         store: BlockStore,
         chunker: Chunker | None = None,
-        pool: ThreadPoolExecutor | None | bool = False,
+        pool: ThreadPoolExecutor | bool | None = False,
     ) -> None:
         """*pool*: True for the shared leaf pool, an executor, or False/None to put inline."""
         self.store = store
