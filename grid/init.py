@@ -7,12 +7,9 @@ from pathlib import Path
 
 from grid.home import GridHome, default_home
 
-_NDB_MAIN = """\
+_NDB_MAIN_HEAD = """\
 # grid's root ndb file: the database= entry chains the others (ndb(6)).
 database=
-\tfile={names}
-\tfile={users}
-\tfile={peers}
 """
 
 
@@ -29,9 +26,35 @@ def init_home(path: str | os.PathLike[str] | None = None) -> tuple[GridHome, boo
         if not f.exists():
             f.write_text("")
     if not home.ndb_main.exists():
+        from ndb.syntax import format_value
+
+        files = (home.names_db, home.users_db, home.peers_db)
         home.ndb_main.write_text(
-            _NDB_MAIN.format(names=home.names_db, users=home.users_db, peers=home.peers_db)
+            _NDB_MAIN_HEAD + "".join(f"\tfile={format_value(str(f))}\n" for f in files)
         )
+    _record_invoking_user(home)
     if created:
         home.marker.write_text("grid home, format 1\n")
     return home, created
+
+
+def _record_invoking_user(home: GridHome) -> None:
+    """Make the Unix user running `grid init` a grid user (login name, uid), once.
+
+    Idempotent: when the user (or a user with that uid) is there already, nothing changes.
+    A login name ndb refuses is skipped; `grid user add` can add the user by hand.
+    """
+    import pwd
+
+    from ndb.errors import NdbError
+    from ndb.users import UserDB
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return
+    try:
+        UserDB(home.users_db).ensure(name, uid)
+    except NdbError:
+        pass

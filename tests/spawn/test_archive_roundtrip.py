@@ -68,7 +68,7 @@ def test_everything_roundtrips(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_everything(src)
     before = snapshot(src)
-    score, imp = roundtrip(src, out)
+    _score, imp = roundtrip(src, out)
     assert not imp.stats.skipped
     after = snapshot(out)
     assert after["links"] == before["links"] and len(before["links"]) == 1
