@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "init_cmd",
     "store_cmd",
+    "archive_cmd",
     "ndb_cmd",
     "names_cmd",
     "user_cmd",
