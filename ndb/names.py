@@ -1,0 +1,364 @@
+"""The score-name database: names for root scores, their history, deletion, and merge.
+
+A name record is one entry whose first attribute is ``name``::
+
+    name=myproject score=blake3:9f…(64 hex) user=alice date=2026-11-22T04:30:00.123456Z prev=blake3:…
+
+and a tombstone (the name deleted) has a bare ``tombstone`` instead of ``score=``; its
+``prev=`` is the score it hides. ``node=`` says which node wrote the record; any other
+attributes are kept as they are.
+
+Records are never changed or removed: setting a name appends a record, deleting appends a
+tombstone. A name resolves to its *latest* record, chosen by date, then by tombstone over
+record (a deletion and a save in the same microsecond: the deletion wins), then by score,
+then by the canonical text of the whole record, which is unique. That order is total, so
+every node holding the same records resolves every name the same way, whatever order the
+records came in.
+
+Merge. A names database, as far as meaning goes, is the *set* of its records; a record's
+identity is all of it (name, score, user, date, prev, node, the rest). Merging two databases
+is the union of the sets, so it is commutative, associative and idempotent, and concurrent
+saves of one name on two nodes both survive: each is a different record, both stay in the
+history, and the latest is chosen by the order above. A tombstone is a record like any
+other, so it replicates too, and it hides exactly the records older than itself.
+Property tests (tests/ndb/test_merge.py) check these laws.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ndb.database import NdbFile
+from ndb.errors import NdbNotFound, NdbRecordError, NdbValueError
+from ndb.syntax import Entry, Pair, check_attr, format_entry_line
+from ndb.values import (
+    check_name,
+    check_score,
+    check_user_name,
+    date_after,
+    now_date,
+    parse_date,
+    parse_score_text,
+)
+
+KIND = "name"
+TOMBSTONE = "tombstone"
+_KNOWN = frozenset({"name", "score", TOMBSTONE, "user", "date", "prev", "node"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NameRecord:
+    """One record of a name: a score it pointed to (or its deletion), who, when."""
+
+    name: str
+    score: str | None  # blake3:<hex>; None for a tombstone
+    user: str
+    date: str  # RFC 3339 UTC
+    prev: str | None = None
+    node: str | None = None
+    extra: tuple[Pair, ...] = ()
+    _key: tuple[tuple[int, int], bool, str, str] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.score is not None:
+            check_score(self.score)
+        check_user_name(self.user)
+        date_key = parse_date(self.date)
+        if self.prev is not None:
+            check_score(self.prev)
+        if self.node is not None:
+            check_name(self.node, "node name")
+        object.__setattr__(self, "extra", tuple(Pair(*p) for p in self.extra))
+        for p in self.extra:
+            check_attr(p.attr)
+            if p.attr in _KNOWN:
+                raise NdbValueError(f"extra attribute {p.attr!r} is one of the record's own")
+        text = format_entry_line(self.to_entry())
+        object.__setattr__(self, "_key", (date_key, self.score is None, self.score or "", text))
+
+    @property
+    def tombstone(self) -> bool:
+        return self.score is None
+
+    @property
+    def score_raw(self) -> bytes | None:
+        """The score as the 32 raw bytes the store takes (None for a tombstone)."""
+        return None if self.score is None else parse_score_text(self.score)
+
+    @property
+    def order_key(self) -> tuple[tuple[int, int], bool, str, str]:
+        """The total order that picks a name's latest record: date, tombstone over record,
+        score, canonical text."""
+        return self._key
+
+    def text(self) -> str:
+        """The canonical one-line text (with its newline): the record's identity."""
+        return self._key[3]
+
+    def to_entry(self) -> Entry:
+        pairs = [Pair("name", self.name)]
+        pairs.append(Pair(TOMBSTONE) if self.score is None else Pair("score", self.score))
+        pairs += [Pair("user", self.user), Pair("date", self.date)]
+        if self.prev is not None:
+            pairs.append(Pair("prev", self.prev))
+        if self.node is not None:
+            pairs.append(Pair("node", self.node))
+        return Entry((tuple(pairs) + self.extra,))
+
+    @classmethod
+    def from_entry(cls, entry: Entry, where: str = "<names>") -> NameRecord:
+        """The record an entry holds; NdbRecordError (naming *where*) when it is not one."""
+        if entry.kind != KIND:
+            raise NdbRecordError(f"{where}: not a name record (starts with {entry.kind}=)")
+        seen: dict[str, str] = {}
+        extra: list[Pair] = []
+        for p in entry.pairs:
+            if p.attr in _KNOWN:
+                if p.attr in seen:
+                    raise NdbRecordError(f"{where}: name record has {p.attr}= twice")
+                seen[p.attr] = p.value
+            else:
+                extra.append(p)
+        if TOMBSTONE in seen:
+            if "score" in seen:
+                raise NdbRecordError(f"{where}: a tombstone has no score=")
+            if seen[TOMBSTONE]:
+                raise NdbRecordError(f"{where}: tombstone takes no value")
+        elif "score" not in seen:
+            raise NdbRecordError(f"{where}: name record without score= (or tombstone)")
+        for need in ("user", "date"):
+            if need not in seen:
+                raise NdbRecordError(f"{where}: name record without {need}=")
+        try:
+            return cls(
+                name=seen["name"],
+                score=seen.get("score"),
+                user=seen["user"],
+                date=seen["date"],
+                prev=seen.get("prev"),
+                node=seen.get("node"),
+                extra=tuple(extra),
+            )
+        except NdbValueError as e:
+            raise NdbRecordError(f"{where}: {e}") from None
+
+
+def latest_of(records: Iterable[NameRecord]) -> NameRecord | None:
+    """The latest of *records* (a tombstone included), by ``NameRecord.order_key``."""
+    return max(records, key=lambda r: r._key, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class NameSet:
+    """A names database as a set of records: what merge works on."""
+
+    records: frozenset[NameRecord] = frozenset()
+
+    @classmethod
+    def of(cls, records: Iterable[NameRecord]) -> NameSet:
+        return cls(frozenset(records))
+
+    def merge(self, other: NameSet) -> NameSet:
+        """The union: commutative, associative, idempotent."""
+        return NameSet(self.records | other.records)
+
+    __or__ = merge
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[NameRecord]:
+        return iter(self.records)
+
+    def __contains__(self, record: object) -> bool:
+        return record in self.records
+
+    def latest_by_name(self) -> dict[str, NameRecord]:
+        """Each name's latest record, tombstones included."""
+        best: dict[str, NameRecord] = {}
+        for r in self.records:
+            cur = best.get(r.name)
+            if cur is None or r._key > cur._key:
+                best[r.name] = r
+        return best
+
+    def latest(self, name: str) -> NameRecord | None:
+        return latest_of(r for r in self.records if r.name == name)
+
+    def resolve(self, name: str) -> NameRecord | None:
+        """The record *name* resolves to; None when unknown or deleted."""
+        r = self.latest(name)
+        return None if r is None or r.tombstone else r
+
+    def history(self, name: str) -> list[NameRecord]:
+        """Every record of *name*, latest first."""
+        return sorted(
+            (r for r in self.records if r.name == name), key=lambda r: r._key, reverse=True
+        )
+
+    def to_text(self) -> str:
+        """Canonical text: one line per record, by name then age (equal sets, equal text)."""
+        return "".join(r.text() for r in sorted(self.records, key=lambda r: (r.name, r._key)))
+
+
+def merge(*sets: NameSet) -> NameSet:
+    """Union of names databases."""
+    out = NameSet()
+    for s in sets:
+        out = out.merge(s)
+    return out
+
+
+class UserLookup(Protocol):
+    """What NameDB needs of a users database (ndb.users.UserDB is one)."""
+
+    def get(self, name: str) -> object | None: ...
+
+
+class NameDB:
+    """The names file: read, resolve, set, delete, merge in.
+
+    *users*, when given, is checked on ``set``/``delete``: a record for an unknown user is
+    refused. (Merged-in records from peers are not checked: their users are the peers'.)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        users: UserLookup | None = None,
+        index: bool | None = None,
+    ) -> None:
+        self.file = NdbFile(path, index=index)
+        self.users = users
+
+    @property
+    def path(self) -> str:
+        return self.file.name
+
+    def _record(self, entry: Entry) -> NameRecord:
+        return NameRecord.from_entry(entry, self._where(entry))
+
+    def _where(self, entry: Entry) -> str:
+        if entry.lineno:
+            return f"{self.file.name}:{entry.lineno}"
+        return f"{self.file.name}: entry at byte {entry.start}"
+
+    def all(self) -> NameSet:
+        """Every record in the file."""
+        return NameSet.of(self._record(e) for e in self.file.entries() if e.kind == KIND)
+
+    def history(self, name: str) -> list[NameRecord]:
+        """Every record of *name*, latest first (read through the index for big files)."""
+        records = {
+            self._record(m.entry) for m in self.file.search(KIND, name) if m.entry.kind == KIND
+        }
+        return sorted(records, key=lambda r: r._key, reverse=True)
+
+    def latest(self, name: str) -> NameRecord | None:
+        h = self.history(name)
+        return h[0] if h else None
+
+    def resolve(self, name: str) -> NameRecord | None:
+        """The latest record of *name*, or None when there is none or it is a tombstone."""
+        r = self.latest(name)
+        return None if r is None or r.tombstone else r
+
+    def list(self, *, user: str | None = None, include_deleted: bool = False) -> list[NameRecord]:
+        """Each name's latest record, sorted by name; deleted names only when asked."""
+        latest = self.all().latest_by_name()
+        out = [
+            r
+            for r in latest.values()
+            if (include_deleted or not r.tombstone) and (user is None or r.user == user)
+        ]
+        return sorted(out, key=lambda r: r.name)
+
+    def _check_user(self, user: str) -> None:
+        check_user_name(user)
+        if self.users is not None and self.users.get(user) is None:
+            raise NdbRecordError(f"unknown user {user!r} (add it with `grid user add {user}`)")
+
+    def set(
+        self,
+        name: str,
+        score: str,
+        user: str,
+        *,
+        date: str | None = None,
+        node: str | None = None,
+        extra: Iterable[Pair] = (),
+    ) -> NameRecord:
+        """Point *name* at *score*: append a record whose ``prev`` is the score it replaces.
+
+        Without *date*, the record is dated now, or a microsecond after the name's latest
+        record when that is later (a peer's clock ahead of ours), so that it does become
+        the latest. The caller must have the score's blocks in the store first (names come
+        after blocks); ndb cannot check that.
+        """
+        check_name(name)
+        check_score(score)
+        self._check_user(user)
+        extra = tuple(extra)
+        with self.file.locked() as f:
+            current = self.latest(name)
+            when = self._date_after(date, current)
+            prev = None if current is None or current.tombstone else current.score
+            record = NameRecord(
+                name=name, score=score, user=user, date=when, prev=prev, node=node, extra=extra
+            )
+            f.append(record.text().encode("utf-8"))
+        return record
+
+    def delete(
+        self, name: str, user: str, *, date: str | None = None, node: str | None = None
+    ) -> NameRecord:
+        """Delete *name*: append a tombstone newer than its latest record."""
+        check_name(name)
+        self._check_user(user)
+        with self.file.locked() as f:
+            current = self.latest(name)
+            if current is None or current.tombstone:
+                raise NdbNotFound(f"no name {name!r}")
+            when = self._date_after(date, current)
+            record = NameRecord(
+                name=name, score=None, user=user, date=when, prev=current.score, node=node
+            )
+            f.append(record.text().encode("utf-8"))
+        return record
+
+    @staticmethod
+    def _date_after(date: str | None, current: NameRecord | None) -> str:
+        if date is not None:
+            parse_date(date)
+            return date
+        when = now_date()
+        if current is not None and parse_date(when) <= parse_date(current.date):
+            when = date_after(current.date)
+        return when
+
+    def merge_from(self, records: Iterable[NameRecord]) -> list[NameRecord]:
+        """Append the records of *records* this file lacks (one write); return them.
+
+        This is merge on files: after A.merge_from(B) and B.merge_from(A) both files hold
+        the same set of records, whatever order they were written in.
+        """
+        incoming = set(records)
+        if not incoming:
+            return []
+        with self.file.locked() as f:
+            have = {
+                NameRecord.from_entry(e, f"{self.file.name}:{e.lineno}")
+                for e in f.parse().entries
+                if e.kind == KIND
+            }
+            new = sorted(incoming - have, key=lambda r: (r.name, r._key))
+            if new:
+                f.append("".join(r.text() for r in new).encode("utf-8"))
+        return new
