@@ -13,7 +13,7 @@ from store.memory import MemoryStore
 
 KINDS = ["memory", "local"]
 if importlib.util.find_spec("tests.store.remote_helpers") is not None:
-    KINDS += ["remote-unix", "remote-tcp"]
+    KINDS += ["remote-unix", "remote-tcp", "remote-tls"]
 
 
 @pytest.fixture(params=KINDS)
