@@ -194,7 +194,8 @@ class Importer:
         self.stats = ImportStats()
         self._names = _Names()
         self._lock = threading.Lock()
-        self.cache_entries: dict[bytes, CachedFile] = {}
+        self.cache_files: dict[bytes, CachedFile] = {}  # abs path -> content, for the cache
+        self.cache_inos: dict[bytes, tuple[int, int, int]] = {}  # abs path -> (dev, st_ino, grid ino)
 
     # -- inode numbers ----------------------------------------------------------------------
 
@@ -202,11 +203,10 @@ class Importer:
         if not rel:
             return ROOT_INO
         cand = None
-        if self.cache is not None:
+        if self.cache is not None and self.prev_ino_high:
             cand = self.cache.ino_for_source(self.cache_name, st.st_dev, st.st_ino)
-            c = self.cache.get(self.cache_name, rel)
             if cand is None or cand in self._used:
-                cand = c.grid_ino if c is not None else None
+                cand = self.cache.ino_for_path(self.cache_name, self._top + b"/" + rel)
         if cand is None or cand in self._used or cand == ROOT_INO:
             cand = self._next
             while cand in self._reserved:
@@ -220,6 +220,7 @@ class Importer:
     def run(self, top: bytes | str, *, name: str = "", user: str = "", time_ns: int | None = None, prev: bytes = NULL_SCORE) -> Score:
         t0 = time.monotonic()
         top = os.fsencode(top)
+        self._top = os.path.realpath(top)
         st = os.stat(top)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", top)
@@ -286,7 +287,10 @@ class Importer:
         )
 
     def _record(self, rel: bytes, st: os.stat_result, ino: int, score: Score) -> None:
-        self.cache_entries[rel] = CachedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, ino, score)
+        path = self._top + b"/" + rel if rel else self._top
+        self.cache_inos[path] = (st.st_dev, st.st_ino, ino)
+        if score != NULL_SCORE:
+            self.cache_files[path] = CachedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, score)
 
     def _scan_dir(self, path, rel, ino, dst, inodes, links, pool, top_dev) -> list:
         subdirs = []
@@ -337,7 +341,7 @@ class Importer:
                 self.stats.files += 1
                 self.stats.bytes += st.st_size
                 p.size = st.st_size
-                hit = self.cache.get(self.cache_name, crel) if self.cache is not None else None
+                hit = self.cache.get(self._top + b"/" + crel) if self.cache is not None else None
                 if (
                     hit is not None
                     and (hit.dev, hit.st_ino, hit.size, hit.mtime_ns, hit.ctime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -138,7 +138,7 @@ def run_import(args: argparse.Namespace) -> int:
             store.sync()
         names.set(args.name, format_score(score), user)
         if cache is not None:
-            cache.replace(args.name, imp.cache_entries)
+            cache.update(args.name, imp.cache_files, imp.cache_inos)
             cache.close()
         after = store.statistics()
     s = imp.stats

@@ -169,3 +169,16 @@ def test_stays_on_one_filesystem(home, tmp_path):
         assert run_grid(home, "ls", "proj2:mnt").stdout == b"other-fs-file\n"
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_cache_hits_under_another_name(home, tmp_path):
+    """The files cache is keyed by path, not by snapshot name (as borg's is)."""
+    src = tmp_path / "src"
+    make_tree(src)
+    run_grid(home, "import", str(src), "one")
+    p = run_grid(home, "import", str(src), "two")
+    assert b"read 0 B (2 files unchanged)" in p.stderr
+    # A new name numbers its inodes afresh: same tree, same numbers as the first import.
+    a = {x["name"]: x["ino"] for x in json.loads(run_grid(home, "ls", "--json", "one").stdout)}
+    b = {x["name"]: x["ino"] for x in json.loads(run_grid(home, "ls", "--json", "two").stdout)}
+    assert a == b
