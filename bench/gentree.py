@@ -264,7 +264,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    big = sub.add_parser("big", help="the 1 GiB tree (4 KiB-4 MiB, half random, 30 % duplicates)")
+    big = sub.add_parser("big", help="the 1 GiB tree (4 KiB-4 MiB, half random, 30 %% duplicates)")
     big.add_argument("dir")
     big.add_argument("--gib", type=float, default=1.0)
     big.add_argument("--seed", type=int, default=1)

@@ -68,6 +68,7 @@ def _u64(n: int) -> bytes:
 class _Compressor(threading.local):
     def __init__(self, level: int) -> None:
         self.c = zstandard.ZstdCompressor(level=level)
+        self.fast = zstandard.ZstdCompressor(level=1)
         self.d = zstandard.ZstdDecompressor()
 
 
@@ -443,7 +444,7 @@ class LocalStore(BlockStore):
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only")
         codec, stored = CODEC_RAW, payload
-        if len(payload) >= 128:
+        if len(payload) >= 128 and self._worth_compressing(payload):
             packed = self._zstd.c.compress(payload)
             if len(packed) < len(payload) - (len(payload) >> 4):
                 codec, stored = CODEC_ZSTD, packed
@@ -451,7 +452,9 @@ class LocalStore(BlockStore):
         total = len(header) + len(stored)
         with self._wlock:
             self._check_open()
-            if score in self._pending or self._index_get(score) is not None:
+            # put() checked the index just before; a block another thread added meanwhile is
+            # in _pending (or, after a sync in between, costs a harmless duplicate record).
+            if score in self._pending:
                 self._dups += 1
                 return
             if self._cur_size + total > self.segment_size and self._cur_size > SEGMENT_HEADER_SIZE:
@@ -468,6 +471,17 @@ class LocalStore(BlockStore):
             auto = self._unsynced_bytes >= AUTO_SYNC_BYTES
         if auto:
             self.sync()
+
+    def _worth_compressing(self, payload: bytes) -> bool:
+        """A cheap test before zstd: compress 3 KiB sampled at the start, middle and end at
+        level 1. Random data (compressed media, encrypted files) fails it and skips the full
+        attempt, which would be thrown away."""
+        n = len(payload)
+        if n <= 8192:
+            return True
+        mid = n // 2
+        sample = payload[:1024] + payload[mid : mid + 1024] + payload[-1024:]
+        return len(self._zstd.fast.compress(sample)) < 2900
 
     def _roll(self) -> None:
         """Start a new segment (under _wlock). The old one stays open until the next sync."""
