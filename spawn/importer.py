@@ -44,6 +44,7 @@ from store.score import NULL_SCORE, Score
 
 ROOT_INO = 1
 _READ = 8 << 20
+_INLINE_MAX = 64 << 10  # files up to this size are stored by the scanning thread
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -194,6 +195,7 @@ class Importer:
         self.stats = ImportStats()
         self._names = _Names()
         self._lock = threading.Lock()
+        self._local = threading.local()  # one chunker per worker thread (not thread-safe)
         self.cache_files: dict[bytes, CachedFile] = {}  # abs path -> content, for the cache
         self.cache_inos: dict[bytes, tuple[int, int, int]] = {}  # abs path -> (dev, st_ino, grid ino)
 
@@ -246,11 +248,7 @@ class Importer:
                         self.stats.read_bytes += nread
                     except OSError as e:
                         self._skip(p, e)
-            table = build(
-                self.store,
-                BlockType.META,
-                (Entry(ino_key(i), encode_inode(self._inode(p)), self._inode(p).refs()) for i, p in sorted(inodes.items())),
-            )
+            table = build(self.store, BlockType.META, (self._table_entry(i, p) for i, p in sorted(inodes.items())))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         high = max(max(inodes) + 1, self._next)
@@ -266,6 +264,10 @@ class Importer:
         self.warn(f"skipped {os.fsdecode(path)}: {e.strerror or e}")
         p.content = self.store.put(BlockType.DATA, b"")
         p.size = 0
+
+    def _table_entry(self, ino: int, p: _Pending) -> Entry:
+        inode = self._inode(p)
+        return Entry(ino_key(ino), encode_inode(inode), inode.refs())
 
     def _inode(self, p: _Pending) -> Inode:
         st = p.st
@@ -351,6 +353,13 @@ class Importer:
                     p.content = hit.score
                     self.stats.cached_files += 1
                     self._record(crel, st, cino, hit.score)
+                elif st.st_size <= _INLINE_MAX:
+                    # Small files cost less to store here than to hand to a worker thread.
+                    try:
+                        p.content, nread = self._file_job(cpath, crel, st, cino)
+                        self.stats.read_bytes += nread
+                    except OSError as e:
+                        self._skip(p, e)
                 else:
                     p.future = pool.submit(self._file_job, cpath, crel, st, cino)
             elif stat.S_ISLNK(mode):
@@ -374,7 +383,10 @@ class Importer:
         return subdirs
 
     def _file_job(self, path: bytes, rel: bytes, st: os.stat_result, ino: int) -> tuple[Score, int]:
-        score, nread = store_file(self.store, path, self.chunker())
+        chunker = getattr(self._local, "chunker", None)
+        if chunker is None:
+            chunker = self._local.chunker = self.chunker()
+        score, nread = store_file(self.store, path, chunker)
         with self._lock:
             self._record(rel, st, ino, score)
         return score, nread

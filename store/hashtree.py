@@ -98,7 +98,7 @@ class TreeWriter:
         self.chunker = chunker or default_chunker()
         self._buf = bytearray()
         self._levels: list[list[tuple[Score, int]]] = [[]]
-        self._zero = bytes(self.chunker.max_size)
+        self._zero = _zero_bytes(self.chunker.max_size)
         self._pool = shared_pool() if pool is True else (pool or None)
         self._inflight: deque[tuple[Future[Score], int]] = deque()
         self._window = 4 * (self._pool._max_workers if self._pool else 1)  # type: ignore[attr-defined]
@@ -290,6 +290,11 @@ class TreeReader:
 
 
 _ZERO_BLOCK = bytes(1 << 20)
+
+
+def _zero_bytes(n: int) -> bytes:
+    """Zeros to compare leaves against, shared (immutable) rather than made per writer."""
+    return _ZERO_BLOCK if n <= len(_ZERO_BLOCK) else bytes(n)
 
 
 def _zeros(n: int) -> Iterator[bytes]:
