@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev diod)
+# restic and borgbackup are the peers bench/import_bench.py measures grid against.
+DEBS=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev diod restic borgbackup)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
