@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from store.errors import InvalidBlock
 from store.score import NULL_SCORE, SCORE_SIZE, Score
+from store.varint import decode_uvarint as _read_uvarint
+from store.varint import encode_uvarint as _uvarint
 
 FORMAT_VERSION = 1
 NAME_MAX = 255
@@ -59,27 +61,8 @@ def check_name(name: bytes) -> bytes:
     return name
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
-def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise InvalidBlock("archive record: truncated varint")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
 
 
 def _tlv(tag: int, value: bytes) -> bytes:

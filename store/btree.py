@@ -33,6 +33,8 @@ from store.base import BlockStore
 from store.block import BlockType, encode_refs, split_refs
 from store.errors import InvalidBlock
 from store.score import Score
+from store.varint import decode_uvarint as _read_uvarint
+from store.varint import encode_uvarint as _uvarint
 
 MIN_NODE = 2 << 10
 MAX_NODE = 64 << 10
@@ -64,32 +66,8 @@ class Node:
     children: list[_Child]  # interior nodes
 
 
-# -- varints -----------------------------------------------------------------------------
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _read_uvarint(buf: memoryview, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise InvalidBlock("b-tree node: truncated or overlong varint")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
 
 
 # -- codec --------------------------------------------------------------------------------

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
+from tests.grid.conftest import run_grid
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def grid(home: Path, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GRID_HOME=str(home), PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "grid.cli.main", *args], input=input, capture_output=True, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"grid {args} failed ({p.returncode}): {p.stderr.decode()}")
-    return p
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "home"
-    out = grid(h, "init")
-    assert b"created" in out.stdout
-    return h
+grid = run_grid
 
 
 def test_init_is_idempotent(home):
