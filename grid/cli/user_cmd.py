@@ -1,4 +1,9 @@
-"""`grid user add|list|rm`: the grid's users (ndb file `users`)."""
+"""`grid user add|list|rm|cert`: the grid's users (ndb file `users`) and their certificates.
+
+A user added on the node that holds the grid's CA key also gets a TLS client certificate:
+a bundle (cert.pem, key.pem, ca.pem, all 0600) under certs/users/NAME/ that the user takes
+away. See docs/certificates.md.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="add, list and remove grid users",
         description=(
             "Grid users own names and spawns. A user is recognised by a local uid (Unix\n"
-            "socket peer credentials), an SSH key (SFTP/SSH) or, later, a TLS client\n"
-            "certificate from the grid CA."
+            "socket peer credentials), an SSH key (SFTP/SSH) or a TLS client certificate\n"
+            "from the grid CA (`grid user add` issues one; `grid user cert` renews or copies it)."
         ),
-        epilog="examples:\n  grid user add alice --uid 1000 --ssh-key ~/.ssh/id_ed25519.pub\n  grid user list",
+        epilog=(
+            "examples:\n  grid user add alice --uid 1000 --ssh-key ~/.ssh/id_ed25519.pub\n"
+            "  grid user cert alice --out /tmp/alice-cert\n  grid user list"
+        ),
         formatter_class=_RAW,
     )
     ss = p.add_subparsers(dest="user_command", metavar="SUBCOMMAND", required=True)
@@ -26,8 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="add a user",
         description=(
             "Add user NAME. --ssh-key reads a public key file (one key per line, as in\n"
-            "authorized_keys without options); give it once per file. Certificates come\n"
-            "with the grid CA: the cert= attribute is reserved for them."
+            "authorized_keys without options); give it once per file. On the node that holds\n"
+            "the grid's CA key, NAME also gets a TLS client certificate: a bundle (cert.pem,\n"
+            "key.pem, ca.pem; mode 0600) in certs/users/NAME/ of the grid home, printed at the\n"
+            "end. Hand it to the user over a safe channel."
         ),
         epilog=(
             "example:\n"
@@ -75,6 +85,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
     rm.set_defaults(func=run_rm)
 
+    c = ss.add_parser(
+        "cert",
+        help="renew or export a user's certificate bundle",
+        description=(
+            "Print where user NAME's certificate bundle is (cert.pem, key.pem, ca.pem), issuing\n"
+            "a new one when NAME has none or it is no longer valid (expired, another CA).\n"
+            "--renew issues a new key and certificate in any case. --out DIR also copies the\n"
+            "bundle into DIR (created 0700; files 0600). Issuing needs the grid's CA key."
+        ),
+        epilog=(
+            "examples:\n  grid user cert alice --out /media/usb/alice\n"
+            "  grid user cert alice --renew"
+        ),
+        formatter_class=_RAW,
+    )
+    c.add_argument("name")
+    c.add_argument("--out", metavar="DIR", help="also write the bundle into DIR")
+    c.add_argument("--renew", action="store_true", help="issue a new key and certificate")
+    c.set_defaults(func=run_cert)
+
 
 def _users(args: argparse.Namespace):
     from grid.home import find_home
@@ -108,13 +138,106 @@ def _read_keys(path: str) -> list[str]:
     return keys
 
 
-def run_add(args: argparse.Namespace) -> int:
-    from ndb.users import User
+def _issuer(home):
+    """(CA with its key, None), or (None, why no certificate can be issued on this node)."""
+    from grid.init import ca_dir, cert_error
+    from replication import certs
 
+    if not (ca_dir(home) / certs.CERT_FILE).exists():
+        return None, "this grid home has no CA (run `grid init` to create one)"
+    try:
+        ca = certs.load_ca(ca_dir(home), need_key=False)
+    except certs.CertError as e:
+        raise cert_error(e) from None
+    if ca.key is None:
+        return None, "this node joined the grid and has no CA key; issue it on the CA node"
+    return ca, None
+
+
+def _install(home, name: str, creds):
+    from grid.init import cert_error, user_cert_dir
+    from replication import certs
+
+    try:
+        return certs.write_bundle(user_cert_dir(home, name), creds, replace=True)
+    except certs.CertError as e:
+        raise cert_error(e) from None
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from grid.home import find_home
+    from ndb.users import User, UserDB
+    from replication import certs
+
+    home = find_home(args.home)
     keys = [k for path in args.ssh_keys for k in _read_keys(path)]
     user = User(name=args.name, uid=args.uid, sshkeys=tuple(keys), groups=tuple(args.groups))
-    _users(args).add(user)
+    users = UserDB(home.users_db)
+    if users.get(user.name) is None:  # (add() checks again, under its lock)
+        ca, why = _issuer(home)
+    else:
+        ca, why = None, None
+    creds = certs.issue_user_cert(ca, user.name) if ca is not None else None
+    users.add(user)
     print(f"user {user.name} added")
+    if creds is None:
+        print(f"no certificate issued: {why}")
+        return 0
+    try:
+        where = _install(home, user.name, creds)
+    except BaseException:
+        users.remove(user.name)
+        raise
+    print(f"certificate bundle in {where} (cert.pem, key.pem, ca.pem; mode 0600)")
+    return 0
+
+
+def _current_bundle(home, name: str):
+    """The user's bundle when it is still good (valid now, from this home's CA), else None."""
+    from grid.init import ca_dir, user_cert_dir
+    from replication import certs
+
+    try:
+        creds = certs.load_bundle(user_cert_dir(home, name), expect=certs.USER)
+        ca = certs.load_ca(ca_dir(home), need_key=False)
+    except certs.CertError:
+        return None  # missing, expired, damaged: a new one is issued
+    if creds.identity.name != name or creds.ca_cert != ca.cert:
+        return None
+    return creds
+
+
+def run_cert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grid.errors import UserError
+    from grid.home import find_home
+    from grid.init import cert_error, user_cert_dir
+    from ndb.errors import NdbNotFound
+    from ndb.users import UserDB
+    from replication import certs
+
+    home = find_home(args.home)
+    if UserDB(home.users_db).get(args.name) is None:
+        raise NdbNotFound(f"no user {args.name!r}")
+    bundle = user_cert_dir(home, args.name)
+    creds = None if args.renew else _current_bundle(home, args.name)
+    if creds is None:
+        ca, why = _issuer(home)
+        if ca is None:
+            raise UserError(f"certificate for {args.name}", why)
+        creds = certs.issue_user_cert(ca, args.name)
+        _install(home, args.name, creds)
+        print(f"issued a new certificate for {args.name}: bundle in {bundle}")
+    else:
+        print(f"certificate bundle of {args.name} in {bundle}")
+    print(f"valid until {creds.cert.not_valid_after_utc:%Y-%m-%d}, {certs.fingerprint(creds.cert)}")
+    if args.out:
+        try:
+            out = certs.export_bundle(Path(args.out).expanduser(), creds)
+        except certs.CertError as e:
+            raise cert_error(e) from None
+        print(f"bundle copied to {out} (cert.pem, key.pem, ca.pem; mode 0600)")
     return 0
 
 
@@ -142,6 +265,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_rm(args: argparse.Namespace) -> int:
+    import shutil
+
+    from grid.home import find_home
+    from grid.init import user_cert_dir
+
     user = _users(args).remove(args.name)
     print(f"user {user.name} removed")
+    bundle = user_cert_dir(find_home(args.home), user.name)
+    if bundle.is_dir():
+        shutil.rmtree(bundle)
+        print(f"certificate bundle {bundle} removed")
     return 0
