@@ -1,0 +1,582 @@
+"""The copy-on-write filesystem engine of one spawn: the one vfs under FUSE, 9P and SFTP.
+
+A spawn is a base archive (read lazily through the store: spawning reads the root block and
+nothing more) plus an overlay (spawn.overlay) holding every change. The engine implements
+what POSIX filesystems do in terms of inode numbers, as FUSE and 9P think; adapters stay thin.
+
+Concurrency: the engine is synchronous and owned by one thread (``SpawnFS`` in spawn.vfs runs
+it on a single-thread executor for asyncio callers). Every operation is one LMDB write
+transaction, so each is atomic: an O_APPEND write happens at the size it sees, and all
+clients of a spawn (several mounts, 9P sessions, SFTP) see each change at once because they
+go through this one engine.
+
+Durability: LMDB is opened without a sync per commit; ``fsync`` (and save) sync it. A killed
+process loses nothing committed (the data is in the page cache); a machine crash loses what
+was not fsynced, as with any filesystem.
+
+Errors are OSError with the errno a kernel filesystem would give.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from spawn.archive import Archive
+from spawn.fsformat import NAME_MAX, BadName, Inode, check_name
+from spawn.overlay import (
+    FLAG_DELETED,
+    PAGE_SIZE,
+    ODirent,
+    OInode,
+    Overlay,
+    decode_odirent,
+    decode_oinode,
+    dirent_key,
+    encode_dirent,
+    encode_oinode,
+    ino_bytes,
+    page_key,
+)
+from store.base import BlockStore
+from store.btree import BTree
+from store.hashtree import TreeReader
+from store.score import NULL_SCORE, Score
+
+ROOT_INO = 1
+_XATTR_MAX = 64 << 10
+
+
+def _err(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+
+def _attr(ino: int, i: Inode) -> Attr:
+    return Attr(ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns)
+
+
+class Engine:
+    """One spawn's filesystem. See the module docstring."""
+
+    def __init__(self, store: BlockStore, overlay_dir: str | os.PathLike[str], base: bytes | None = None) -> None:
+        self.store = store
+        self.ov = Overlay(overlay_dir)
+        with self.ov.env.begin(write=True) as txn:
+            have = self.ov.get_meta(txn, b"base")
+            if have is None:
+                if base is None:
+                    raise ValueError("a new spawn needs a base root")
+                self.archive = Archive(store, base)  # the one block a spawn reads up front
+                txn.put(b"base", bytes(base), db=self.ov.meta)
+                self.ov.put_u64(txn, b"ino_next", self.archive.root.ino_high)
+                self.ov.put_u64(txn, b"gen", 1)
+            else:
+                self.archive = Archive(store, have)
+        self._readers: dict[bytes, TreeReader] = {}
+        self._dirs: dict[bytes, BTree] = {}
+
+    @property
+    def base(self) -> Score:
+        return self.archive.score
+
+    def close(self) -> None:
+        self.ov.env.sync(True)
+        self.ov.close()
+
+    # -- inodes ------------------------------------------------------------------------
+
+    def _get(self, txn, ino: int) -> OInode | None:
+        v = txn.get(ino_bytes(ino), db=self.ov.inodes)
+        if v is not None:
+            o = decode_oinode(v)
+            return None if o.flags & FLAG_DELETED else o
+        try:
+            i = self.archive.inode(ino)
+        except LookupError:
+            return None
+        return OInode(i, i.size if i.is_reg() else 0)
+
+    def _need(self, txn, ino: int) -> OInode:
+        o = self._get(txn, ino)
+        if o is None:
+            raise _err(errno.ENOENT, f"inode {ino}")
+        return o
+
+    def _put(self, txn, ino: int, o: OInode) -> None:
+        txn.put(ino_bytes(ino), encode_oinode(o), db=self.ov.inodes)
+
+    def _new_ino(self, txn) -> int:
+        n = self.ov.get_u64(txn, b"ino_next", 2)
+        self.ov.put_u64(txn, b"ino_next", n + 1)
+        return n
+
+    # -- directories -------------------------------------------------------------------
+
+    def _base_dir(self, o: OInode) -> BTree | None:
+        if o.inode.content == NULL_SCORE:
+            return None
+        t = self._dirs.get(o.inode.content)
+        if t is None:
+            t = BTree(self.store, o.inode.content)
+            if len(self._dirs) > 1024:
+                self._dirs.clear()
+            self._dirs[o.inode.content] = t
+        return t
+
+    def _lookup(self, txn, dir_ino: int, d: OInode, name: bytes) -> int | None:
+        v = txn.get(dirent_key(dir_ino, name), db=self.ov.dirents)
+        if v is not None:
+            return decode_odirent(v).ino
+        t = self._base_dir(d)
+        if t is None:
+            return None
+        e = t.get(name)
+        return int.from_bytes(e.value[:8], "big") if e is not None else None
+
+    def _entries(self, txn, dir_ino: int, d: OInode) -> Iterator[tuple[bytes, int]]:
+        """(name, ino) of a directory, sorted by name: base merged with the overlay."""
+        prefix = ino_bytes(dir_ino)
+        cur = txn.cursor(db=self.ov.dirents)
+        over: list[tuple[bytes, ODirent]] = []
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                over.append((k[8:], decode_odirent(v)))
+        t = self._base_dir(d)
+        base = ((e.key, int.from_bytes(e.value[:8], "big")) for e in t.items()) if t is not None else iter(())
+        oi = 0
+        for name, ino in base:
+            while oi < len(over) and over[oi][0] < name:
+                if over[oi][1].ino is not None:
+                    yield over[oi][0], over[oi][1].ino  # type: ignore[misc]
+                oi += 1
+            if oi < len(over) and over[oi][0] == name:
+                if over[oi][1].ino is not None:
+                    yield name, over[oi][1].ino  # type: ignore[misc]
+                oi += 1
+                continue
+            yield name, ino
+        for name, od in over[oi:]:
+            if od.ino is not None:
+                yield name, od.ino
+
+    def _set_dirent(self, txn, dir_ino: int, d: OInode, name: bytes, ino: int | None, mode: int = 0) -> None:
+        key = dirent_key(dir_ino, name)
+        if ino is None:
+            t = self._base_dir(d)
+            if t is not None and t.get(name) is not None:
+                txn.put(key, encode_dirent(ODirent(self._gen(txn), None)), db=self.ov.dirents)
+            else:
+                txn.delete(key, db=self.ov.dirents)
+        else:
+            txn.put(key, encode_dirent(ODirent(self._gen(txn), ino, stat.S_IFMT(mode) >> 12)), db=self.ov.dirents)
+
+    def _gen(self, txn) -> int:
+        return self.ov.get_u64(txn, b"gen", 1)
+
+    def _dir(self, txn, ino: int) -> OInode:
+        d = self._need(txn, ino)
+        if not d.inode.is_dir():
+            raise _err(errno.ENOTDIR)
+        return d
+
+    @staticmethod
+    def _name(name: bytes) -> bytes:
+        try:
+            return check_name(name)
+        except BadName as e:
+            raise _err(errno.ENAMETOOLONG if len(name) > NAME_MAX else errno.EINVAL, str(e)) from None
+
+    def _touch(self, txn, ino: int, o: OInode, *, m: bool = True, c: bool = True, **kw: object) -> OInode:
+        now = time.time_ns()
+        upd: dict[str, object] = dict(kw)
+        if m:
+            upd["mtime_ns"] = now
+        if c:
+            upd["ctime_ns"] = now
+        o = OInode(o.inode.__class__(**{**_fields(o.inode), **upd}), o.base_limit, o.flags, self._gen(txn))
+        self._put(txn, ino, o)
+        return o
+
+    # -- the operations ------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        with self.ov.env.begin() as txn:
+            return _attr(ino, self._need(txn, ino).inode)
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        with self.ov.env.begin() as txn:
+            d = self._dir(txn, parent)
+            ino = self._lookup(txn, parent, d, name)
+            if ino is None:
+                raise _err(errno.ENOENT, os.fsdecode(name))
+            return _attr(ino, self._need(txn, ino).inode)
+
+    def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        with self.ov.env.begin() as txn:
+            d = self._dir(txn, ino)
+            return [(n, _attr(i, self._need(txn, i).inode)) for n, i in self._entries(txn, ino, d)]
+
+    def _make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *, rdev: int = 0, target: bytes = b"") -> Attr:
+        name = self._name(name)
+        with self.ov.env.begin(write=True) as txn:
+            d = self._dir(txn, parent)
+            if self._lookup(txn, parent, d, name) is not None:
+                raise _err(errno.EEXIST, os.fsdecode(name))
+            ino = self._new_ino(txn)
+            now = time.time_ns()
+            is_dir = stat.S_ISDIR(mode)
+            i = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1, size=len(target),
+                      atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=rdev, inline=target)
+            self._put(txn, ino, OInode(i, 0, 0, self._gen(txn)))
+            self._set_dirent(txn, parent, d, name, ino, mode)
+            self._touch(txn, parent, d, nlink=d.inode.nlink + (1 if is_dir else 0))
+            return _attr(ino, i)
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        return self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        return self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
+            raise _err(errno.EINVAL, "mknod of this file type")
+        return self._make(parent, name, mode, uid, gid, rdev=rdev)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        if not target or len(target) > 4095 or b"\0" in target:
+            raise _err(errno.EINVAL if target else errno.ENOENT, "symlink target")
+        return self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid, target=target)
+
+    def readlink(self, ino: int) -> bytes:
+        with self.ov.env.begin() as txn:
+            o = self._need(txn, ino)
+            if not o.inode.is_symlink():
+                raise _err(errno.EINVAL)
+            return o.inode.inline
+
+    def link(self, ino: int, parent: int, name: bytes) -> Attr:
+        name = self._name(name)
+        with self.ov.env.begin(write=True) as txn:
+            o = self._need(txn, ino)
+            d = self._dir(txn, parent)
+            if self._lookup(txn, parent, d, name) is not None:  # the kernel checks this first
+                raise _err(errno.EEXIST, os.fsdecode(name))
+            if o.inode.is_dir():
+                raise _err(errno.EPERM, "hard link to a directory")
+            self._set_dirent(txn, parent, d, name, ino, o.inode.mode)
+            o = self._touch(txn, ino, o, m=False, nlink=o.inode.nlink + 1)
+            self._touch(txn, parent, d)
+            return _attr(ino, o.inode)
+
+    def _drop_inode(self, txn, ino: int, o: OInode) -> None:
+        """The last name is gone: delete the inode and its pages."""
+        cur = txn.cursor(db=self.ov.pages)
+        prefix = ino_bytes(ino)
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
+        self._put(txn, ino, OInode(o.inode, 0, FLAG_DELETED, self._gen(txn)))
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        with self.ov.env.begin(write=True) as txn:
+            d = self._dir(txn, parent)
+            ino = self._lookup(txn, parent, d, name)
+            if ino is None:
+                raise _err(errno.ENOENT, os.fsdecode(name))
+            o = self._need(txn, ino)
+            if o.inode.is_dir():
+                raise _err(errno.EISDIR, os.fsdecode(name))
+            self._set_dirent(txn, parent, d, name, None)
+            self._touch(txn, parent, d)
+            if o.inode.nlink <= 1:
+                self._drop_inode(txn, ino, o)
+            else:
+                self._touch(txn, ino, o, m=False, nlink=o.inode.nlink - 1)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        if name in (b".", b".."):
+            raise _err(errno.EINVAL if name == b"." else errno.ENOTEMPTY)
+        with self.ov.env.begin(write=True) as txn:
+            d = self._dir(txn, parent)
+            ino = self._lookup(txn, parent, d, name)
+            if ino is None:
+                raise _err(errno.ENOENT, os.fsdecode(name))
+            o = self._need(txn, ino)
+            if not o.inode.is_dir():
+                raise _err(errno.ENOTDIR, os.fsdecode(name))
+            if next(self._entries(txn, ino, o), None) is not None:
+                raise _err(errno.ENOTEMPTY, os.fsdecode(name))
+            self._set_dirent(txn, parent, d, name, None)
+            self._touch(txn, parent, d, nlink=d.inode.nlink - 1)
+            self._drop_inode(txn, ino, o)
+
+    def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, *, noreplace: bool = False, exchange: bool = False) -> None:
+        n2 = self._name(n2)
+        with self.ov.env.begin(write=True) as txn:
+            d1 = self._dir(txn, p1)
+            src = self._lookup(txn, p1, d1, n1)
+            if src is None:
+                raise _err(errno.ENOENT, os.fsdecode(n1))
+            d2 = self._dir(txn, p2) if p2 != p1 else d1
+            dst = self._lookup(txn, p2, d2, n2)
+            so = self._need(txn, src)
+            if exchange:
+                if dst is None:
+                    raise _err(errno.ENOENT, os.fsdecode(n2))
+                do = self._need(txn, dst)
+                self._set_dirent(txn, p1, d1, n1, dst, do.inode.mode)
+                self._set_dirent(txn, p2, d2, n2, src, so.inode.mode)
+                if p1 != p2 and so.inode.is_dir() != do.inode.is_dir():
+                    delta = 1 if so.inode.is_dir() else -1
+                    d1 = self._touch(txn, p1, d1, nlink=d1.inode.nlink - delta)
+                    d2 = self._touch(txn, p2, d2, nlink=d2.inode.nlink + delta)
+                self._touch(txn, p1, self._need(txn, p1))
+                self._touch(txn, p2, self._need(txn, p2))
+                return
+            if so.inode.is_dir() and p1 != p2 and self._is_ancestor(txn, src, p2):
+                raise _err(errno.EINVAL, "cannot move a directory into itself")
+            if dst is not None and dst != src and self._is_dir(txn, dst) and self._is_ancestor(txn, dst, p1):
+                raise _err(errno.ENOTEMPTY, "cannot replace an ancestor of the source")
+            if dst == src:
+                return  # same file: POSIX says do nothing
+            if dst is not None:
+                if noreplace:
+                    raise _err(errno.EEXIST, os.fsdecode(n2))
+                do = self._need(txn, dst)
+                if so.inode.is_dir():
+                    if not do.inode.is_dir():
+                        raise _err(errno.ENOTDIR, os.fsdecode(n2))
+                    if next(self._entries(txn, dst, do), None) is not None:
+                        raise _err(errno.ENOTEMPTY, os.fsdecode(n2))
+                    d2 = self._touch(txn, p2, d2, nlink=d2.inode.nlink - 1)
+                    if p1 == p2:
+                        d1 = d2
+                    self._drop_inode(txn, dst, do)
+                else:
+                    if do.inode.is_dir():
+                        raise _err(errno.EISDIR, os.fsdecode(n2))
+                    if do.inode.nlink <= 1:
+                        self._drop_inode(txn, dst, do)
+                    else:
+                        self._touch(txn, dst, do, m=False, nlink=do.inode.nlink - 1)
+            self._set_dirent(txn, p1, d1, n1, None)
+            self._set_dirent(txn, p2, d2 if p1 != p2 else self._need(txn, p2), n2, src, so.inode.mode)
+            if so.inode.is_dir() and p1 != p2:
+                d1 = self._touch(txn, p1, self._need(txn, p1), nlink=self._need(txn, p1).inode.nlink - 1)
+                self._touch(txn, p2, self._need(txn, p2), nlink=self._need(txn, p2).inode.nlink + 1)
+            else:
+                self._touch(txn, p1, self._need(txn, p1))
+                if p1 != p2:
+                    self._touch(txn, p2, self._need(txn, p2))
+            self._touch(txn, src, self._need(txn, src), m=False)
+
+    def _is_dir(self, txn, ino: int) -> bool:
+        o = self._get(txn, ino)
+        return o is not None and o.inode.is_dir()
+
+    def _is_ancestor(self, txn, a: int, b: int) -> bool:
+        """Is directory *a* an ancestor of (or equal to) directory *b*? (Search from a.)"""
+        stack = [a]
+        seen = set()
+        while stack:
+            x = stack.pop()
+            if x == b:
+                return True
+            if x in seen:
+                continue
+            seen.add(x)
+            o = self._need(txn, x)
+            for _n, i in self._entries(txn, x, o):
+                c = self._get(txn, i)
+                if c is not None and c.inode.is_dir():
+                    stack.append(i)
+        return False
+
+    # -- contents ----------------------------------------------------------------------
+
+    def _reader(self, score: Score) -> TreeReader:
+        r = self._readers.get(score)
+        if r is None:
+            r = TreeReader(self.store, score)
+            if len(self._readers) > 256:
+                self._readers.clear()
+            self._readers[score] = r
+        return r
+
+    def _base_bytes(self, o: OInode, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the base content, zeros past base_limit."""
+        lim = min(end, o.base_limit)
+        data = b""
+        if start < lim and o.inode.content != NULL_SCORE:
+            data = self._reader(o.inode.content).read(start, lim - start)
+        return data + bytes(end - start - len(data))
+
+    def _page(self, txn, ino: int, o: OInode, page: int) -> bytes:
+        """The page's current bytes (up to the file size)."""
+        start = page * PAGE_SIZE
+        end = min(start + PAGE_SIZE, o.inode.size)
+        if end <= start:
+            return b""
+        v = txn.get(page_key(ino, page), db=self.ov.pages)
+        if v is not None:
+            data = v[8:]
+            return data + bytes(end - start - len(data))
+        return self._base_bytes(o, start, end)
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        with self.ov.env.begin() as txn:
+            o = self._need(txn, ino)
+            if o.inode.is_dir():
+                raise _err(errno.EISDIR)
+            if not o.inode.is_reg():
+                raise _err(errno.EINVAL)
+            end = min(o.inode.size, offset + size)
+            if offset >= end:
+                return b""
+            out = []
+            for page in range(offset // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1):
+                p0 = page * PAGE_SIZE
+                data = self._page(txn, ino, o, page)
+                out.append(data[max(offset, p0) - p0 : end - p0])
+            return b"".join(out)
+
+    def write(self, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
+        with self.ov.env.begin(write=True) as txn:
+            o = self._need(txn, ino)
+            if not o.inode.is_reg():
+                raise _err(errno.EISDIR if o.inode.is_dir() else errno.EINVAL)
+            if append:
+                offset = o.inode.size
+            if offset < 0:
+                raise _err(errno.EINVAL)
+            if not data:
+                return 0  # POSIX: a zero-length write changes nothing, not even the size
+            end = offset + len(data)
+            new_size = max(o.inode.size, end)
+            gen = self._gen(txn).to_bytes(8, "big")
+            pos = offset
+            while pos < end:
+                page = pos // PAGE_SIZE
+                p0 = page * PAGE_SIZE
+                cur = bytearray(self._page(txn, ino, o, page))
+                a, b = pos - p0, min(end, p0 + PAGE_SIZE) - p0
+                if len(cur) < b:
+                    cur += bytes(b - len(cur))
+                cur[a:b] = data[pos - offset : pos - offset + (b - a)]
+                txn.put(page_key(ino, page), gen + bytes(cur), db=self.ov.pages)
+                pos = p0 + b
+            self._touch(txn, ino, o, size=new_size)
+            return len(data)
+
+    def _truncate(self, txn, ino: int, o: OInode, size: int) -> OInode:
+        if size < 0:
+            raise _err(errno.EINVAL)
+        if not o.inode.is_reg():
+            raise _err(errno.EISDIR if o.inode.is_dir() else errno.EINVAL)
+        if size < o.inode.size:
+            last = size // PAGE_SIZE
+            cur = txn.cursor(db=self.ov.pages)
+            if cur.set_range(page_key(ino, last)):
+                while cur.key()[:8] == ino_bytes(ino):
+                    pg = int.from_bytes(cur.key()[8:], "big")
+                    if pg == last and size % PAGE_SIZE:
+                        v = cur.value()
+                        keep = v[: 8 + size % PAGE_SIZE]
+                        cur.put(cur.key(), keep)
+                        if not cur.next():
+                            break
+                    elif not cur.delete():
+                        break
+        limit = min(o.base_limit, size)
+        return OInode(o.inode, limit, o.flags, o.gen)
+
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> Attr:
+        with self.ov.env.begin(write=True) as txn:
+            o = self._need(txn, ino)
+            kw: dict[str, object] = {}
+            if size is not None:
+                o = self._truncate(txn, ino, o, size)
+                kw["size"] = size
+            if mode is not None:
+                kw["mode"] = stat.S_IFMT(o.inode.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                kw["uid"] = uid
+            if gid is not None:
+                kw["gid"] = gid
+            if atime_ns is not None:
+                kw["atime_ns"] = atime_ns
+            if mtime_ns is not None:
+                kw["mtime_ns"] = mtime_ns
+            o = self._touch(txn, ino, o, m=size is not None and mtime_ns is None, **kw)
+            return _attr(ino, o.inode)
+
+    # -- xattrs ------------------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        with self.ov.env.begin() as txn:
+            for k, v in self._need(txn, ino).inode.xattrs:
+                if k == name:
+                    return v
+        raise _err(errno.ENODATA, os.fsdecode(name))
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        with self.ov.env.begin() as txn:
+            return [k for k, _ in self._need(txn, ino).inode.xattrs]
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, *, create: bool = False, replace: bool = False) -> None:
+        if not name or len(name) > 255 or len(value) > _XATTR_MAX:
+            raise _err(errno.ERANGE if name else errno.EINVAL)
+        with self.ov.env.begin(write=True) as txn:
+            o = self._need(txn, ino)
+            attrs = dict(o.inode.xattrs)
+            if create and name in attrs:
+                raise _err(errno.EEXIST)
+            if replace and name not in attrs:
+                raise _err(errno.ENODATA)
+            attrs[name] = value
+            self._touch(txn, ino, o, m=False, xattrs=tuple(sorted(attrs.items())))
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        with self.ov.env.begin(write=True) as txn:
+            o = self._need(txn, ino)
+            attrs = dict(o.inode.xattrs)
+            if name not in attrs:
+                raise _err(errno.ENODATA)
+            del attrs[name]
+            self._touch(txn, ino, o, m=False, xattrs=tuple(sorted(attrs.items())))
+
+    # -- durability --------------------------------------------------------------------
+
+    def fsync(self) -> None:
+        self.ov.env.sync(True)
+
+
+def _fields(i: Inode) -> dict[str, object]:
+    return {f: getattr(i, f) for f in i.__dataclass_fields__}
