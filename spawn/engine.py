@@ -30,6 +30,7 @@ from spawn.archive import Archive
 from spawn.fsformat import NAME_MAX, BadName, Inode, check_name
 from spawn.overlay import (
     FLAG_DELETED,
+    FLAG_ORPHAN,
     PAGE_SIZE,
     ODirent,
     OInode,
@@ -96,6 +97,8 @@ class Engine:
                 self.archive = Archive(store, have)
         self._readers: dict[bytes, TreeReader] = {}
         self._dirs: dict[bytes, BTree] = {}
+        self._open: dict[int, int] = {}  # ino -> open count (opens do not survive a restart)
+        self._purge_orphans()
 
     @property
     def base(self) -> Score:
@@ -303,6 +306,45 @@ class Engine:
                     break
         self._put(txn, ino, OInode(o.inode, 0, FLAG_DELETED, self._gen(txn)))
 
+    def open(self, ino: int) -> Attr:
+        """Count an open file handle, so that unlinking it keeps its data until release."""
+        a = self.getattr(ino)
+        self._open[ino] = self._open.get(ino, 0) + 1
+        return a
+
+    def release(self, ino: int) -> None:
+        n = self._open.get(ino, 0) - 1
+        if n > 0:
+            self._open[ino] = n
+            return
+        self._open.pop(ino, None)
+        with self.ov.env.begin(write=True) as txn:
+            v = txn.get(ino_bytes(ino), db=self.ov.inodes)
+            if v is not None:
+                o = decode_oinode(v)
+                if o.flags & FLAG_ORPHAN:
+                    self._drop_inode(txn, ino, o)
+
+    def _purge_orphans(self) -> None:
+        """After a restart nothing is open: orphans left by the last run go."""
+        with self.ov.env.begin(write=True) as txn:
+            doomed = []
+            for k, v in txn.cursor(db=self.ov.inodes):
+                o = decode_oinode(v)
+                if o.flags & FLAG_ORPHAN:
+                    doomed.append((int.from_bytes(k, "big"), o))
+            for ino, o in doomed:
+                self._drop_inode(txn, ino, o)
+
+    def _unlinked(self, txn, ino: int, o: OInode) -> None:
+        """A name of *ino* went away: count it down; at zero, drop it or keep it as an orphan."""
+        if o.inode.nlink > 1:
+            self._touch(txn, ino, o, m=False, nlink=o.inode.nlink - 1)
+        elif self._open.get(ino):
+            self._put(txn, ino, OInode(_with(o.inode, nlink=0, ctime_ns=time.time_ns()), o.base_limit, FLAG_ORPHAN, self._gen(txn)))
+        else:
+            self._drop_inode(txn, ino, o)
+
     def unlink(self, parent: int, name: bytes) -> None:
         with self.ov.env.begin(write=True) as txn:
             d = self._dir(txn, parent)
@@ -314,10 +356,7 @@ class Engine:
                 raise _err(errno.EISDIR, os.fsdecode(name))
             self._set_dirent(txn, parent, d, name, None)
             self._touch(txn, parent, d)
-            if o.inode.nlink <= 1:
-                self._drop_inode(txn, ino, o)
-            else:
-                self._touch(txn, ino, o, m=False, nlink=o.inode.nlink - 1)
+            self._unlinked(txn, ino, o)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         if name in (b".", b".."):
@@ -381,10 +420,7 @@ class Engine:
                 else:
                     if do.inode.is_dir():
                         raise _err(errno.EISDIR, os.fsdecode(n2))
-                    if do.inode.nlink <= 1:
-                        self._drop_inode(txn, dst, do)
-                    else:
-                        self._touch(txn, dst, do, m=False, nlink=do.inode.nlink - 1)
+                    self._unlinked(txn, dst, do)
             self._set_dirent(txn, p1, d1, n1, None)
             self._set_dirent(txn, p2, d2 if p1 != p2 else self._need(txn, p2), n2, src, so.inode.mode)
             if so.inode.is_dir() and p1 != p2:
@@ -580,3 +616,7 @@ class Engine:
 
 def _fields(i: Inode) -> dict[str, object]:
     return {f: getattr(i, f) for f in i.__dataclass_fields__}
+
+
+def _with(i: Inode, **kw: object) -> Inode:
+    return Inode(**{**_fields(i), **kw})  # type: ignore[arg-type]

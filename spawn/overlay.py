@@ -35,6 +35,7 @@ _DHEAD = struct.Struct(">QB")
 _DENT = struct.Struct(">QB")
 
 FLAG_DELETED = 1  # the inode is gone (no names, not open)
+FLAG_ORPHAN = 2  # no names left but still open: data kept until the last release
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from grid.errors import UserError
 
     errors: list[type[BaseException]] = [UserError]
-    for modname, attr in (("store.errors", "StoreError"), ("ndb.errors", "NdbError")):
+    for modname, attr in (
+        ("store.errors", "StoreError"),
+        ("ndb.errors", "NdbError"),
+        ("replication.errors", "CertError"),
+    ):
         mod = sys.modules.get(modname)
         if mod is not None:
             errors.append(getattr(mod, attr))
