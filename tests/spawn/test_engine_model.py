@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from spawn.engine import Engine
 from spawn.importer import Importer
+from spawn.save import save
 from store.memory import MemoryStore
 
 NAMES = st.sampled_from([b"a", b"b", b"c", b"d1", b"d2"])
@@ -50,6 +51,7 @@ class EngineVsDisk(RuleBasedStateMachine):
         shutil.copytree(base, self.model, symlinks=True)
         self.store = MemoryStore()
         root = Importer(self.store).run(base)
+        self.spawns = 0
         self.ovdir = os.path.join(self.tmp, "overlay")
         self.e = Engine(self.store, self.ovdir, root)
 
@@ -226,6 +228,37 @@ class EngineVsDisk(RuleBasedStateMachine):
             os.chmod(p, mode)
 
         self.both(eng, mod)
+
+    @rule()
+    def save_snapshot(self):
+        """Save: the spawn goes on over the new root; nothing visible changes."""
+        inos = self.inos()
+        self.root = save(self.e, name="model", user="root")
+        assert self.inos() == inos
+
+    @rule()
+    def save_and_respawn(self):
+        """Save, then spawn the saved root afresh: the same tree, the same inode numbers."""
+        inos = self.inos()
+        root = save(self.e, name="model", user="root")
+        self.e.close()
+        self.spawns += 1
+        self.ovdir = os.path.join(self.tmp, f"overlay{self.spawns}")
+        self.e = Engine(self.store, self.ovdir, root)
+        assert self.inos() == inos
+
+    def inos(self) -> dict[bytes, int]:
+        out = {}
+
+        def walk(ino, rel):
+            for name, a in self.e.readdir(ino):
+                p = rel + b"/" + name if rel else name
+                out[p] = a.ino
+                if stat.S_ISDIR(a.mode):
+                    walk(a.ino, p)
+
+        walk(1, b"")
+        return out
 
     @rule()
     def restart(self):
