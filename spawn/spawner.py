@@ -1,0 +1,172 @@
+"""The spawner: the node's registry of spawns, who owns each, and their engines.
+
+Each spawn lives in its own directory under the spawns root::
+
+    spawns/
+      next            the next spawn number (flock'ed while allocating)
+      17/
+        info.json     id, owner, uid, the name and root it was spawned from, when
+        overlay/      the engine's LMDB overlay (spawn.overlay)
+
+Spawning writes info.json and opens the engine, which reads the root block only: O(1)
+whatever the size of the tree. After a restart, engines are reopened lazily from their
+overlays, with every committed change. Privacy is decided here, once, for every exporter:
+a spawn is visible only to its owner and to root; to anyone else it does not exist.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from spawn.engine import Engine
+from spawn.save import save
+from store.base import BlockStore
+from store.score import Score, format_score
+
+
+class SpawnError(Exception):
+    """A spawn request that cannot be done (unknown spawn, limit reached, ...)."""
+
+
+class SpawnNotFound(SpawnError, LookupError):
+    pass
+
+
+class SpawnLimit(SpawnError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnInfo:
+    id: str
+    owner: str
+    uid: int
+    name: str  # what was spawned: a name, or a raw score
+    root: str  # blake3:… of the root it was spawned from
+    created: str  # RFC 3339, UTC
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+class Spawner:
+    def __init__(self, store: BlockStore, root: str | os.PathLike[str], *, max_per_user: int = 16) -> None:
+        self.store = store
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_per_user = max_per_user
+        self._engines: dict[str, Engine] = {}
+
+    # -- registry ------------------------------------------------------------------------
+
+    def _alloc_id(self) -> str:
+        fd = os.open(self.root / "next", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 32, 0).strip()
+            n = int(raw) if raw else 1
+            while (self.root / str(n)).exists():
+                n += 1
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{n + 1}\n".encode(), 0)
+            os.fsync(fd)
+            return str(n)
+        finally:
+            os.close(fd)
+
+    def _info_path(self, sid: str) -> Path:
+        if not sid.isdigit():
+            raise SpawnNotFound(f"no spawn {sid!r}")
+        return self.root / sid / "info.json"
+
+    def _read(self, sid: str) -> SpawnInfo:
+        try:
+            data = json.loads(self._info_path(sid).read_text())
+        except FileNotFoundError:
+            raise SpawnNotFound(f"no spawn {sid!r}") from None
+        return SpawnInfo(**data)
+
+    def list(self, uid: int | None = None) -> list[SpawnInfo]:
+        """The spawns *uid* may see (all for None or root), by number."""
+        out = []
+        for d in self.root.iterdir():
+            if d.name.isdigit() and (d / "info.json").is_file():
+                info = self._read(d.name)
+                if uid is None or uid == 0 or info.uid == uid:
+                    out.append(info)
+        return sorted(out, key=lambda i: int(i.id))
+
+    def get(self, sid: str, uid: int | None = None) -> SpawnInfo:
+        """The spawn, if *uid* may use it; to other users it does not exist."""
+        info = self._read(sid)
+        if uid is not None and uid != 0 and info.uid != uid:
+            raise SpawnNotFound(f"no spawn {sid!r}")
+        return info
+
+    # -- life ----------------------------------------------------------------------------
+
+    def spawn(self, name: str, root: bytes, *, owner: str, uid: int) -> SpawnInfo:
+        """Make a spawn of *root* for *owner*: reads the root block and nothing more."""
+        mine = [i for i in self.list(uid) if i.uid == uid]
+        if uid != 0 and len(mine) >= self.max_per_user:
+            raise SpawnLimit(
+                f"{owner} has {len(mine)} spawns, the most allowed (spawnmax {self.max_per_user}); "
+                "save or kill one first"
+            )
+        sid = self._alloc_id()
+        d = self.root / sid
+        d.mkdir(mode=0o700)
+        try:
+            engine = Engine(self.store, d / "overlay", root)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        info = SpawnInfo(sid, owner, uid, name, format_score(root), _now())
+        tmp = d / "info.json.tmp"
+        tmp.write_text(json.dumps(asdict(info)))
+        os.replace(tmp, d / "info.json")
+        self._engines[sid] = engine
+        return info
+
+    def engine(self, sid: str) -> Engine:
+        e = self._engines.get(sid)
+        if e is None:
+            self._read(sid)
+            e = Engine(self.store, self.root / sid / "overlay")
+            self._engines[sid] = e
+        return e
+
+    def save(self, sid: str, *, name: str, user: str) -> Score:
+        """Snapshot the spawn; the caller records *name* -> the returned root afterwards."""
+        return save(self.engine(sid), name=name, user=user)
+
+    def base(self, sid: str) -> Score:
+        return self.engine(sid).base
+
+    def kill(self, sid: str) -> None:
+        """Discard the spawn and every unsaved change."""
+        self._read(sid)
+        e = self._engines.pop(sid, None)
+        if e is not None:
+            e.close()
+        d = self.root / sid
+        os.unlink(d / "info.json")  # first: a half-removed spawn is no spawn
+        shutil.rmtree(d)
+
+    def changed_bytes(self, sid: str) -> int:
+        """Bytes of local state the spawn holds (its overlay on disk)."""
+        d = self.root / sid / "overlay"
+        return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+
+    def close(self) -> None:
+        for e in self._engines.values():
+            e.close()
+        self._engines.clear()
