@@ -21,6 +21,7 @@ from an LMDB snapshot (the generation stamps in spawn.overlay) is the planned ne
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import replace
 
@@ -89,11 +90,45 @@ def _file_tree(e: Engine, txn, ino: int, o) -> Score:
         base_size = e._reader(inode.content).size
         if o.base_limit == base_size == inode.size:
             return inode.content
+    pages: list[int] = []
+    if has_pages:
+        for k in cur.iternext(keys=True, values=False):
+            if not k.startswith(prefix):
+                break
+            pages.append(int.from_bytes(k[8:], "big"))
     w = TreeWriter(e.store)
-    npages = (inode.size + PAGE_SIZE - 1) // PAGE_SIZE
-    for page in range(npages):
-        w.write(e._page(txn, ino, o, page))
+    size = inode.size
+    pos = 0
+    if inode.content != NULL_SCORE and o.base_limit > 0:
+        # Splice: keep every base leaf no change touched; chunk only around the changes.
+        limit = min(o.base_limit, size)
+        for score, n in e._reader(inode.content).leaf_scores():
+            a, b = pos, pos + n
+            if a >= limit:
+                break
+            if b <= limit and not _touched(pages, a, b):
+                w.add_leaf(score, n)
+            else:
+                _write_range(e, txn, ino, o, w, a, min(b, size))
+            pos = min(b, size)
+    _write_range(e, txn, ino, o, w, pos, size)
     return w.finish().score
+
+
+def _touched(pages: list[int], a: int, b: int) -> bool:
+    """Does any overlay page overlap the byte range [a, b)?"""
+    i = bisect.bisect_left(pages, a // PAGE_SIZE)
+    return i < len(pages) and pages[i] * PAGE_SIZE < b
+
+
+def _write_range(e: Engine, txn, ino: int, o, w: TreeWriter, a: int, b: int) -> None:
+    """Feed bytes [a, b) of the file as the spawn sees them to the tree writer."""
+    while a < b:
+        page = a // PAGE_SIZE
+        p0 = page * PAGE_SIZE
+        data = e._page(txn, ino, o, page)
+        w.write(data[a - p0 : min(b, p0 + PAGE_SIZE) - p0])
+        a = min(b, p0 + PAGE_SIZE)
 
 
 

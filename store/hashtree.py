@@ -111,6 +111,21 @@ class TreeWriter:
         if len(self._buf) >= 4 * self.chunker.max_size:
             self._drain(final=False)
 
+    def add_leaf(self, score: bytes, size: int) -> None:
+        """Append an existing leaf (or a NULL_SCORE hole) of *size* bytes without reading it.
+
+        For splicing: rewriting a changed stream reuses the leaves of the old tree that no
+        change touched. Bytes written before it end a leaf here, whatever the chunker says.
+        """
+        if size <= 0:
+            return
+        self._drain(final=True)
+        self._settle(0)
+        self._add(0, Score(bytes(score)), size)
+        self.size += size
+        if score == NULL_SCORE:
+            self.hole_bytes += size
+
     def write_hole(self, n: int) -> None:
         """Append *n* zero bytes without reading or storing them."""
         if n <= 0:

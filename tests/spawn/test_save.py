@@ -1,0 +1,67 @@
+"""Save writes what changed: spliced hash trees, correct bytes around every kind of change."""
+
+from __future__ import annotations
+
+import os
+
+from spawn.archive import Archive
+from spawn.engine import Engine
+from spawn.importer import Importer
+from spawn.save import save
+from store.memory import MemoryStore
+
+
+def test_splice_keeps_untouched_leaves(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    base = bytearray(os.urandom(3_000_000))
+    (src / "big").write_bytes(base)
+    store = MemoryStore()
+    root = Importer(store).run(src)
+    e = Engine(store, tmp_path / "ov", root)
+    ino = e.lookup(1, b"big").ino
+    model = bytearray(base)
+    for off, data in ((1_000_000, b"A" * 5000), (2_999_990, b"B" * 30), (10, b"C")):
+        e.write(ino, off, data)
+        end = off + len(data)
+        if end > len(model):
+            model.extend(bytes(end - len(model)))
+        model[off:end] = data
+    before = store.statistics()
+    new = save(e, name="t")
+    added = store.statistics().logical_bytes - before.logical_bytes
+    a = Archive(store, new)
+    assert a.open(a.resolve("big")).read(0, 4_000_000) == bytes(model)
+    assert added < 400_000  # three small changes: a few leaves and pointers, not 3 MB
+
+
+def test_truncate_then_extend_reads_zeros_after_save(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(500_000))
+    store = MemoryStore()
+    e = Engine(store, tmp_path / "ov", Importer(store).run(src))
+    ino = e.lookup(1, b"f").ino
+    head = e.read(ino, 0, 100_000)
+    e.setattr(ino, size=100_000)
+    e.setattr(ino, size=300_000)
+    e.write(ino, 250_000, b"tail")
+    expect = head + bytes(150_000) + b"tail" + bytes(300_000 - 250_004)
+    assert e.read(ino, 0, 400_000) == expect
+    new = save(e)
+    assert e.read(ino, 0, 400_000) == expect  # the same after the rebase
+    a = Archive(store, new)
+    assert a.open(a.resolve("f")).read(0, 400_000) == expect
+
+
+def test_save_of_unchanged_spawn_reuses_everything(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x").write_bytes(os.urandom(100_000))
+    store = MemoryStore()
+    root = Importer(store).run(src)
+    e = Engine(store, tmp_path / "ov", root)
+    before = store.statistics().blocks
+    new = save(e, name="same", time_ns=123)
+    assert store.statistics().blocks - before == 1  # only the new root block
+    assert Archive(store, new).root.inode_table == Archive(store, root).root.inode_table
