@@ -67,6 +67,7 @@ class _Pending:
 
     ino: int
     st: os.stat_result
+    path: bytes = b""  # the source path, for messages
     inline: bytes = b""
     content: Score = NULL_SCORE
     size: int = 0
@@ -259,9 +260,8 @@ class Importer:
         return score
 
     def _skip(self, p: _Pending, e: OSError) -> None:
-        path = getattr(p, "path", b"?")
-        self.stats.skipped.append((path, e.strerror or str(e)))
-        self.warn(f"skipped {os.fsdecode(path)}: {e.strerror or e}")
+        self.stats.skipped.append((p.path, e.strerror or str(e)))
+        self.warn(f"skipped {os.fsdecode(p.path)}: {e.strerror or e}")
         p.content = self.store.put(BlockType.DATA, b"")
         p.size = 0
 
@@ -325,8 +325,7 @@ class Importer:
             cino = self._alloc(crel, st)
             if hard:
                 links[(st.st_dev, st.st_ino)] = cino
-            p = _Pending(cino, st, xattrs=_xattrs(cpath))
-            p.path = cpath  # type: ignore[attr-defined]
+            p = _Pending(cino, st, path=cpath, xattrs=_xattrs(cpath))
             inodes[cino] = p
             entries.append(Entry(name, encode_dirent(cino, mode)))
             if stat.S_ISDIR(mode):
