@@ -1,0 +1,478 @@
+"""The FUSE exporter: a thin pyfuse3 adapter over one spawn's engine.
+
+The engine (spawn.engine) already speaks in inode numbers, as FUSE does, so every handler
+here is a translation: arguments in, one engine call, attributes or an errno out. Filesystem
+semantics live in the engine, never here, so that 9P and SFTP get the same fixes.
+
+Three decisions shape this module:
+
+* **One owner thread.** The engine is synchronous and not thread-safe. Every call goes
+  through one single-thread executor (``loop.run_in_executor``), so the engine keeps its one
+  owner thread, requests stay in order of arrival, and the asyncio loop never blocks on LMDB
+  or on a block read. A daemon that also serves 9P passes its own executor in, so all
+  exporters share the one owner thread (invariant 8).
+
+* **No kernel caching of metadata** (entry and attribute timeouts of 0). Other clients of
+  the spawn (9P sessions, SFTP) change it through the engine, behind the kernel's back; with
+  any timeout the kernel would answer ``stat`` or a path walk from stale attributes for that
+  long, and invariant 8 says a change is seen *at once*. A timeout of 0 also keeps privacy
+  exact: another user's ``stat`` is never answered from the kernel's cache without asking
+  us. File *contents* are still cached in the page cache (``keep_cache``) when the file has
+  not changed since the kernel last opened it: its ctime is the change token, and with
+  attributes always fresh the kernel drops cached pages itself when a file's mtime or size
+  moves (auto_inval_data). The price is one GETATTR round trip (~0.25 ms here) per
+  ``read(2)`` call: a warm 200 MB read streams at ~1.8 GB/s with 1 MiB reads but ~0.45 GB/s
+  with ``cat``'s 128 KiB reads (4-6 GB/s either way with a 1 s timeout). Raising the
+  timeouts safely needs the engine to tell this adapter what other clients changed, so it
+  can invalidate the kernel's entries (``pyfuse3.invalidate_inode``/``invalidate_entry``).
+
+* **Privacy in one place.** Every handler that carries a request context goes through
+  ``_handler``, which refuses (EACCES) a caller whose uid is neither the spawn's owner nor
+  root, before anything else happens (invariant 9). Handlers without a context (read,
+  write, release, readdir...) act on a handle that a checked open returned (a descriptor the
+  owner hands to another process works there, as descriptors do). The mount uses
+  ``allow_other`` so that root and the owner can both reach it, and ``default_permissions``
+  so the kernel applies the usual mode checks inside the tree.
+
+Errors: OSError from the engine becomes ``FUSEError(errno)``; anything else is logged and
+becomes EIO, because an exception escaping a pyfuse3 handler would stop the whole mount.
+
+pyfuse3 keeps one FUSE session per process: ``serve`` mounts one spawn per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import itertools
+import logging
+import os
+import re
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from spawn.engine import Attr, Engine
+from spawn.fsformat import NAME_MAX
+
+log = logging.getLogger(__name__)
+
+MOUNT_OPTIONS = ("fsname=grid", "subtype=grid", "default_permissions", "allow_other")
+TIMEOUT = 0.0  # entry and attribute timeouts, seconds: see the module docstring
+READAHEAD_KB = 1024  # see set_readahead
+BLKSIZE = 128 << 10  # the I/O size we suggest to programs: FUSE's largest read request
+_CACHED_MAX = 1 << 16
+_RENAME_KNOWN = pyfuse3.RENAME_NOREPLACE | pyfuse3.RENAME_EXCHANGE
+
+T = TypeVar("T")
+
+
+def to_entry(a: Attr, timeout: float = TIMEOUT) -> pyfuse3.EntryAttributes:
+    """An engine Attr as pyfuse3 wants it. Inode numbers are never reused within a spawn's
+    life (invariant 7), so the generation is always 0."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = a.ino
+    e.generation = 0
+    e.entry_timeout = timeout
+    e.attr_timeout = timeout
+    e.st_mode = a.mode
+    e.st_nlink = a.nlink
+    e.st_uid = a.uid
+    e.st_gid = a.gid
+    e.st_rdev = a.rdev
+    e.st_size = a.size
+    e.st_blksize = BLKSIZE
+    e.st_blocks = a.blocks
+    e.st_atime_ns = a.atime_ns
+    e.st_mtime_ns = a.mtime_ns
+    e.st_ctime_ns = a.ctime_ns
+    return e
+
+
+def new_owner(parent: Attr, mode: int, uid: int, gid: int) -> tuple[int, int, int]:
+    """(mode, uid, gid) of a new inode, as Linux's inode_init_owner gives them: in a setgid
+    directory it takes the directory's group, and a new directory stays setgid too."""
+    if parent.mode & stat.S_ISGID:
+        gid = parent.gid
+        if stat.S_ISDIR(mode):
+            mode |= stat.S_ISGID
+    return mode, uid, gid
+
+
+@dataclass(slots=True)
+class _File:
+    ino: int
+    append: bool  # opened with O_APPEND: every write goes at the end, atomically
+
+
+@dataclass(slots=True)
+class _Dir:
+    entries: list[tuple[bytes, Attr]] = field(default_factory=list)  # snapshot at opendir
+
+
+def _brief(arg: object) -> str:
+    """An argument for the debug log: a written buffer by its length only."""
+    if isinstance(arg, bytes) and len(arg) > 64:
+        return f"<{len(arg)} bytes>"
+    return repr(arg)
+
+
+def _handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Wrap a handler: the privacy check (when the request has a context) and the one place
+    where errors become errnos."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: GridFS, *args: Any) -> T:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s(%s)", fn.__name__, ", ".join(map(_brief, args)))
+        if args and isinstance(args[-1], pyfuse3.RequestContext):
+            uid = args[-1].uid
+            if uid != self.owner_uid and uid != 0:
+                raise pyfuse3.FUSEError(errno.EACCES)
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("FUSE %s(%s) failed", fn.__name__, ", ".join(map(_brief, args)))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class GridFS(pyfuse3.Operations):
+    """pyfuse3 operations over one spawn's engine. See the module docstring.
+
+    *owner_uid* is the spawn's owner: only it and root may use the mount. *executor* is the
+    engine's owner thread when the daemon shares the engine with other exporters; by default
+    the adapter makes its own. *space_path* is a directory on the disk that holds the spawn's
+    local state; ``statfs`` reports that disk's space (None: a synthetic 1 TiB).
+    """
+
+    supports_dot_lookup = False  # no NFS export: the engine keeps no parent pointers
+
+    def __init__(self, engine: Engine, owner_uid: int, *, executor: Executor | None = None,
+                 space_path: str | os.PathLike[str] | None = None, timeout: float = TIMEOUT) -> None:
+        super().__init__()
+        self.engine = engine
+        self.owner_uid = owner_uid
+        self.timeout = timeout
+        self.space_path = space_path
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-engine")
+        self._fh = itertools.count(1)
+        self._files: dict[int, _File] = {}
+        self._dirs: dict[int, _Dir] = {}
+        self._cached: dict[int, int] = {}  # ino -> ctime_ns when the kernel last opened it
+        self.readahead: tuple[str, int] | None = None  # set at the first open: see set_readahead
+
+    def close(self) -> None:
+        """Stop the owner thread (if it is ours), after the calls already queued."""
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run *fn* on the engine's owner thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kw))
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        return to_entry(a, self.timeout)
+
+    # -- names ---------------------------------------------------------------------------
+
+    @_handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._entry(await self._call(self.engine.getattr, parent_inode))
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        return self._entry(await self._call(self.engine.lookup, parent_inode, name))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Nothing to do: inode numbers are persistent and the engine keeps no lookup counts."""
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self._call(self.engine.getattr, inode))
+
+    @_handler
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """One engine call for all fields, so a chown that clears setuid is one change.
+        pyfuse3 has already put the current time in *attr* for utimensat's UTIME_NOW."""
+        kw: dict[str, int] = {}
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        return self._entry(await self._call(self.engine.setattr, inode, **kw))
+
+    @_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self._call(self.engine.readlink, inode)
+
+    async def _make(self, parent: int, mode: int, ctx: pyfuse3.RequestContext,
+                    make: Callable[[int, int, int], Attr]) -> Attr:
+        """Create an inode on the owner thread: read the parent (setgid inheritance), then
+        call ``make(mode, uid, gid)``; both in one job, so nothing runs in between."""
+        uid, gid = ctx.uid, ctx.gid
+
+        def job() -> Attr:
+            return make(*new_owner(self.engine.getattr(parent), mode, uid, gid))
+
+        return await self._call(job)
+
+    @_handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        a = await self._make(parent_inode, mode, ctx,
+                             lambda m, u, g: self.engine.mknod(parent_inode, name, m, rdev, u, g))
+        return self._entry(a)
+
+    @_handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        a = await self._make(parent_inode, stat.S_IFDIR | mode, ctx,
+                             lambda m, u, g: self.engine.mkdir(parent_inode, name, m, u, g))
+        return self._entry(a)
+
+    @_handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        a = await self._make(parent_inode, stat.S_IFLNK | 0o777, ctx,
+                             lambda _m, u, g: self.engine.symlink(parent_inode, name, target, u, g))
+        return self._entry(a)
+
+    @_handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self._call(self.engine.link, inode, new_parent_inode, new_name))
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(self.engine.unlink, parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(self.engine.rmdir, parent_inode, name)
+
+    @_handler
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & ~_RENAME_KNOWN:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_WHITEOUT: overlayfs only
+        await self._call(self.engine.rename, parent_inode_old, name_old, parent_inode_new, name_new,
+                         noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                         exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _file_info(self, a: Attr, flags: int) -> pyfuse3.FileInfo:
+        """A handle for an opened inode (the engine has counted the open).
+
+        O_APPEND files get direct I/O: the kernel would otherwise put the bytes in its page
+        cache at the end *it* believes the file has, while the engine appends at the real end.
+        """
+        if self.readahead is not None:
+            set_readahead(*self.readahead)  # now: the kernel resets it when the mount starts
+            self.readahead = None
+        fh = next(self._fh)
+        append = bool(flags & os.O_APPEND)
+        self._files[fh] = _File(a.ino, append)
+        keep = self._cached.get(a.ino) == a.ctime_ns
+        if len(self._cached) >= _CACHED_MAX:
+            self._cached.clear()  # forgetting only costs a re-read
+        self._cached[a.ino] = a.ctime_ns
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep and not append, direct_io=append)
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """libfuse 3 asks the kernel for atomic O_TRUNC: the truncation comes here, in the
+        open flags (not as a setattr first), and happens in the same job as the open."""
+
+        def job() -> Attr:
+            if flags & os.O_TRUNC:
+                self.engine.setattr(inode, size=0)
+            return self.engine.open(inode)
+
+        return self._file_info(await self._call(job), flags)
+
+    @_handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        def make(m: int, u: int, g: int) -> Attr:
+            a = self.engine.create(parent_inode, name, m, u, g)
+            self.engine.open(a.ino)  # counted at once: the kernel holds it open
+            return a
+
+        a = await self._make(parent_inode, stat.S_IFREG | mode, ctx, make)
+        return self._file_info(a, flags), self._entry(a)
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._call(self.engine.read, self._files[fh].ino, off, size)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        f = self._files[fh]
+        return await self._call(self.engine.write, f.ino, off, buf, append=f.append)
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        """close(2) of one descriptor: nothing is buffered here, so nothing to do."""
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        f = self._files.pop(fh)
+        await self._call(self.engine.release, f.ino)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._call(self.engine.fsync)
+
+    # -- directories ---------------------------------------------------------------------
+
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        """Snapshot the listing, so that offsets stay valid while the directory changes:
+        no entry is skipped or repeated within one pass (readdir's rule)."""
+        entries = await self._call(self.engine.readdir, inode)
+        fh = next(self._fh)
+        self._dirs[fh] = _Dir(entries)
+        return fh
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs[fh].entries
+        for i in range(start_id, len(entries)):
+            name, a = entries[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1):
+                break
+
+    @_handler
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self._call(self.engine.fsync)
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """The space of the disk that holds the spawn's changes (synthetic without one);
+        inode numbers are 64-bit and never run out."""
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        if self.space_path is not None:
+            v = os.statvfs(self.space_path)
+            s.f_blocks = v.f_blocks * v.f_frsize // 4096
+            s.f_bfree = v.f_bfree * v.f_frsize // 4096
+            s.f_bavail = v.f_bavail * v.f_frsize // 4096
+        else:
+            s.f_blocks = s.f_bfree = s.f_bavail = (1 << 40) // 4096
+        s.f_files = 1 << 32
+        s.f_ffree = s.f_favail = (1 << 32) - 1
+        s.f_namemax = NAME_MAX
+        return s
+
+    # -- extended attributes ---------------------------------------------------------------
+    # pyfuse3 implements XATTR_CREATE / XATTR_REPLACE itself with a getxattr first; the
+    # namespace rules (user.* only on files and directories, trusted.* for root) are the VFS's.
+
+    @_handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(self.engine.setxattr, inode, name, value)
+
+    @_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self._call(self.engine.getxattr, inode, name)
+
+    @_handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self._call(self.engine.listxattr, inode)
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(self.engine.removexattr, inode, name)
+
+
+def _mount_device(mountpoint: str | os.PathLike[str]) -> str | None:
+    """'major:minor' of the mount at *mountpoint*, from /proc/self/mountinfo: a stat of the
+    mountpoint would ask this very process, whose FUSE loop may not be running yet."""
+    want = os.path.abspath(mountpoint).encode()
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            path = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            if path == want:
+                found = fields[2].decode()  # the last one mounted there wins
+    return found
+
+
+def set_readahead(mountpoint: str | os.PathLike[str], kb: int) -> bool:
+    """Raise the mount's read-ahead window (best effort; root only). FUSE mounts start with
+    the kernel's 128 KiB: sequential reads then arrive as 128 KiB requests, and each request
+    costs a round trip through the event loop and the owner thread. With 1 MiB the kernel
+    sends 1 MiB requests (libfuse negotiates up to 256 pages per request), which measured
+    ~1.6x faster on a cold 200 MB read. Whether it took."""
+    dev = _mount_device(mountpoint)
+    try:
+        if dev is None:
+            raise OSError(errno.ENOENT, "not in /proc/self/mountinfo")
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.debug("read-ahead of %s left as it is: %s", mountpoint, e)
+        return False
+    return True
+
+
+async def serve(engine: Engine, mountpoint: str | os.PathLike[str], owner_uid: int, *,
+                ready: Callable[[], object] | None = None, executor: Executor | None = None,
+                space_path: str | os.PathLike[str] | None = None,
+                options: Sequence[str] = MOUNT_OPTIONS, readahead_kb: int = READAHEAD_KB,
+                timeout: float = TIMEOUT) -> None:
+    """Mount *engine* at *mountpoint* and serve it until unmounted or cancelled.
+
+    *ready* is called once the kernel has the mount. Cancelling the task ends the FUSE
+    session first (requests in progress finish), then unmounts (lazily, so a process still
+    inside the tree does not keep the mount alive), then stops the owner thread if it is
+    ours. The engine is the caller's to close. Mounting with ``allow_other`` as a user
+    other than root needs ``user_allow_other`` in /etc/fuse.conf.
+    """
+    pyfuse3.asyncio.enable()
+    ops = GridFS(engine, owner_uid, executor=executor, space_path=space_path, timeout=timeout)
+    if readahead_kb:
+        ops.readahead = (os.fspath(mountpoint), readahead_kb)
+    pyfuse3.init(ops, os.fspath(mountpoint), set(options))
+    try:
+        if ready is not None:
+            ready()
+        main = asyncio.ensure_future(pyfuse3.main())
+        try:
+            await asyncio.shield(main)
+        except asyncio.CancelledError:
+            pyfuse3.terminate()
+            await main
+            raise
+    finally:
+        pyfuse3.close(unmount=True)
+        ops.close()
