@@ -4,8 +4,8 @@ A spawn is a base archive (read lazily through the store: spawning reads the roo
 nothing more) plus an overlay (spawn.overlay) holding every change. The engine implements
 what POSIX filesystems do in terms of inode numbers, as FUSE and 9P think; adapters stay thin.
 
-Concurrency: the engine is synchronous and owned by one thread (``SpawnFS`` in spawn.vfs runs
-it on a single-thread executor for asyncio callers). Every operation is one LMDB write
+Concurrency: the engine is synchronous and owned by one thread (spawn.fuse runs it on a
+single-thread executor that every exporter of the spawn must share). Every operation is one LMDB write
 transaction, so each is atomic: an O_APPEND write happens at the size it sees, and all
 clients of a spawn (several mounts, 9P sessions, SFTP) see each change at once because they
 go through this one engine.
@@ -231,6 +231,8 @@ class Engine:
             return _attr(ino, self._need(txn, ino).inode)
 
     def lookup(self, parent: int, name: bytes) -> Attr:
+        if len(name) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG, os.fsdecode(name[:32]) + "…")
         with self.ov.env.begin() as txn:
             d = self._dir(txn, parent)
             ino = self._lookup(txn, parent, d, name)

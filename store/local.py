@@ -418,21 +418,21 @@ class LocalStore(BlockStore):
         if loc is None:
             raise BlockNotFound(score)
         seg = self._segment_of(loc.position)
-        where = f"segment {self._seg_path(seg)}"
+        where = _Where(self, seg)  # formatted only if an error needs it
         total = RECORD_HEADER_SIZE + loc.stored_len
         raw = os.pread(self._read_fd(seg), total, loc.position - seg)
         try:
             hdr = decode_record_header(raw)
         except BadRecord as e:
-            raise CorruptBlock(score, where, str(e)) from None
+            raise CorruptBlock(score, str(where), str(e)) from None
         if hdr.score != score or len(raw) != total or hdr.stored_len != loc.stored_len:
-            raise CorruptBlock(score, where, "record does not match the index")
+            raise CorruptBlock(score, str(where), "record does not match the index")
         try:
             data = self._decode_payload(hdr, raw[RECORD_HEADER_SIZE:])
         except CorruptBlock as e:
-            raise CorruptBlock(score, where, str(e)) from None
+            raise CorruptBlock(score, str(where), str(e)) from None
         if score_of(hdr.type, data) != score:
-            raise CorruptBlock(score, where)
+            raise CorruptBlock(score, str(where))
         blk = Block(BlockType(hdr.type), data)
         if hdr.type != BlockType.DATA:
             self._cache.put(score, blk)
@@ -657,6 +657,18 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+class _Where:
+    """The segment a block was read from, as text only when an error message asks for it."""
+
+    __slots__ = ("seg", "store")
+
+    def __init__(self, store: LocalStore, seg: int) -> None:
+        self.store, self.seg = store, seg
+
+    def __str__(self) -> str:
+        return f"segment {self.store._seg_path(self.seg)}"
 
 
 def _open_env(path: str, **kw: object) -> lmdb.Environment:
