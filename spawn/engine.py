@@ -347,13 +347,17 @@ class Engine:
         else:
             self._drop_inode(txn, ino, o)
 
+    def _child(self, txn, parent: int, name: bytes) -> tuple[OInode, int, OInode]:
+        """(the directory, the child's inode number, the child) or ENOENT."""
+        d = self._dir(txn, parent)
+        ino = self._lookup(txn, parent, d, name)
+        if ino is None:
+            raise _err(errno.ENOENT, os.fsdecode(name))
+        return d, ino, self._need(txn, ino)
+
     def unlink(self, parent: int, name: bytes) -> None:
         with self.ov.env.begin(write=True) as txn:
-            d = self._dir(txn, parent)
-            ino = self._lookup(txn, parent, d, name)
-            if ino is None:
-                raise _err(errno.ENOENT, os.fsdecode(name))
-            o = self._need(txn, ino)
+            d, ino, o = self._child(txn, parent, name)
             if o.inode.is_dir():
                 raise _err(errno.EISDIR, os.fsdecode(name))
             self._set_dirent(txn, parent, d, name, None)
@@ -364,11 +368,7 @@ class Engine:
         if name in (b".", b".."):
             raise _err(errno.EINVAL if name == b"." else errno.ENOTEMPTY)
         with self.ov.env.begin(write=True) as txn:
-            d = self._dir(txn, parent)
-            ino = self._lookup(txn, parent, d, name)
-            if ino is None:
-                raise _err(errno.ENOENT, os.fsdecode(name))
-            o = self._need(txn, ino)
+            d, ino, o = self._child(txn, parent, name)
             if not o.inode.is_dir():
                 raise _err(errno.ENOTDIR, os.fsdecode(name))
             if next(self._entries(txn, ino, o), None) is not None:
