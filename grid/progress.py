@@ -25,6 +25,11 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def note(self, **fields: object) -> None:
+        """Extra figures beside the bar (files, dedup, ...), shown only on a terminal."""
+        if self._bar is not None:
+            self._bar.set_postfix(fields, refresh=False)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

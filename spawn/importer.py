@@ -57,6 +57,8 @@ class ImportStats:
     bytes: int = 0  # logical bytes of regular files in the tree
     read_bytes: int = 0  # bytes actually read (files not answered by the cache)
     cached_files: int = 0
+    done_files: int = 0  # regular files finished (stored or answered by the cache)
+    done_bytes: int = 0
     skipped: list[tuple[bytes, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -352,6 +354,7 @@ class Importer:
                     p.content = hit.score
                     self.stats.cached_files += 1
                     self._record(crel, st, cino, hit.score)
+                    self._done(st.st_size)
                 elif st.st_size <= _INLINE_MAX:
                     # Small files cost less to store here than to hand to a worker thread.
                     try:
@@ -377,8 +380,6 @@ class Importer:
         me.content = tree
         me.size = len(entries)
         me.nlink = 2 + nsub
-        if self.progress is not None:
-            self.progress(self.stats)
         return subdirs
 
     def _file_job(self, path: bytes, rel: bytes, st: os.stat_result, ino: int) -> tuple[Score, int]:
@@ -388,4 +389,13 @@ class Importer:
         score, nread = store_file(self.store, path, chunker)
         with self._lock:
             self._record(rel, st, ino, score)
+        self._done(st.st_size)
         return score, nread
+
+    def _done(self, nbytes: int) -> None:
+        """A regular file is finished: count it and tell the progress display."""
+        with self._lock:
+            self.stats.done_files += 1
+            self.stats.done_bytes += nbytes
+            if self.progress is not None:
+                self.progress(self.stats)

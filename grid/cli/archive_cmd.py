@@ -123,8 +123,12 @@ def run_import(args: argparse.Namespace) -> int:
             last = [0]
 
             def progress(st) -> None:
-                bar.update(st.bytes - last[0])
-                last[0] = st.bytes
+                bar.update(st.done_bytes - last[0])
+                last[0] = st.done_bytes
+                now = store.statistics()
+                puts = now.puts - before.puts
+                dups = now.dup_puts - before.dup_puts
+                bar.note(files=f"{st.done_files}/{st.files}", dedup=f"{100 * dups / puts:.0f}%" if puts else "-")
 
             def warn(msg: str) -> None:
                 warnings.append(msg)

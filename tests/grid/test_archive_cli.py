@@ -182,3 +182,40 @@ def test_cache_hits_under_another_name(home, tmp_path):
     a = {x["name"]: x["ino"] for x in json.loads(run_grid(home, "ls", "--json", "one").stdout)}
     b = {x["name"]: x["ino"] for x in json.loads(run_grid(home, "ls", "--json", "two").stdout)}
     assert a == b
+
+
+def test_progress_bar_on_a_terminal(home, tmp_path):
+    """On a terminal, import shows files, bytes, rate and dedup; otherwise only the summary."""
+    import fcntl
+    import pty
+    import struct
+    import sys
+    import termios
+
+    from tests.grid.conftest import ROOT
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(80):  # enough to outlast tqdm's 0.1 s refresh interval several times
+        (src / f"f{i}").write_bytes(os.urandom(2_000_000))
+    env = dict(os.environ, GRID_HOME=str(home), PYTHONPATH=str(ROOT))
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, [sys.executable, "-m", "grid.cli.main", "import", str(src), "tty"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out.extend(chunk)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text = out.decode(errors="replace")
+    assert "files=" in text and "dedup=" in text and "B/s" in text
+    # Not on a terminal: no bar, one summary line.
+    p = run_grid(home, "import", str(src), "notty")
+    assert b"files=" not in p.stderr and p.stderr.count(b"\n") == 1
