@@ -43,6 +43,7 @@ pyfuse3 keeps one FUSE session per process: ``serve`` mounts one spawn per proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import itertools
@@ -50,6 +51,7 @@ import logging
 import os
 import re
 import stat
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -463,6 +465,7 @@ async def serve(engine: Engine, mountpoint: str | os.PathLike[str], owner_uid: i
     if readahead_kb:
         ops.readahead = (os.fspath(mountpoint), readahead_kb)
     pyfuse3.init(ops, os.fspath(mountpoint), set(options))
+    others = asyncio.all_tasks()  # tasks that are not pyfuse3's workers
     try:
         if ready is not None:
             ready()
@@ -470,9 +473,25 @@ async def serve(engine: Engine, mountpoint: str | os.PathLike[str], owner_uid: i
         try:
             await asyncio.shield(main)
         except asyncio.CancelledError:
-            pyfuse3.terminate()
-            await main
+            # End the session the way an unmount does: the kernel closes the channel and
+            # pyfuse3.main() returns. (pyfuse3.terminate() can fail in its asyncio mode when a
+            # worker's future was already cancelled, and then the session is never closed.)
+            await asyncio.to_thread(
+                subprocess.run, ["fusermount3", "-u", "-z", os.fspath(mountpoint)],
+                capture_output=True, check=False,
+            )
+            try:
+                await asyncio.wait_for(asyncio.shield(main), 10)
+            except TimeoutError:
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    pyfuse3.terminate()
+                await main
             raise
     finally:
+        # A worker whose handler still waits on the engine thread would otherwise resume after
+        # the session is freed and reply into freed memory (a segfault seen under load).
+        workers = asyncio.all_tasks() - others - {asyncio.current_task()}
+        if workers:
+            await asyncio.wait(workers, timeout=30)
         pyfuse3.close(unmount=True)
         ops.close()
