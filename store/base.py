@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from store.block import Block, BlockType, check_size, check_type, references
+from store.errors import MissingReference
 from store.score import Score, score_of
 
 
@@ -63,8 +64,6 @@ class BlockStore(abc.ABC):
         if bt != BlockType.DATA:
             refs = references(bt, payload)
             if refs:
-                from store.errors import MissingReference
-
                 missing = self.missing(refs)
                 if missing:
                     raise MissingReference(missing)

@@ -94,6 +94,7 @@ class LocalStore(BlockStore):
         self._lock_fd: int | None = None
         self._pending: dict[bytes, Location] = {}
         self._unsynced_fds: set[int] = set()
+        self._retired_fds: list[int] = []  # rolled-over segments, fsynced and closed at the next sync
         self._unsynced_bytes = 0
         self._read_fds: dict[int, int] = {}
         self._cache = BlockCache(cache_bytes)
@@ -263,21 +264,27 @@ class LocalStore(BlockStore):
                 f"store {self.path}: index covers log position {self._indexed_to} but the log "
                 f"ends at {end}; run `grid store check --rebuild`"
             )
+        added = self._index_log_from(self._indexed_to)
+        if added:
+            log.info("store %s: re-indexed %d record(s) from the log tail", self.path, added)
+
+    def _index_log_from(self, start: int) -> int:
+        """Verify and index every record from *start* that the index lacks, truncate a torn
+        tail, then sync. Returns how many records were added."""
         added = 0
-        for rec_pos, hdr, payload_ok in self._scan(self._indexed_to, verify=True, tolerate_tail=True):
-            if not payload_ok:
-                self._truncate_tail(rec_pos)
+        for pos, hdr, ok in self._scan(start, verify=True, tolerate_tail=True):
+            if not ok:
+                self._truncate_tail(pos)
                 break
-            if self._index_get(hdr.score) is None and hdr.score not in self._pending:
-                self._pending[hdr.score] = Location(rec_pos, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
+            if hdr.score not in self._pending and self._index_get(hdr.score) is None:
+                self._pending[hdr.score] = Location(pos, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
                 self._blocks += 1
                 self._stored += hdr.total_len
                 self._logical += hdr.raw_len
                 added += 1
         self._unsynced_fds.add(self._append_fd)
         self.sync()
-        if added:
-            log.info("store %s: re-indexed %d record(s) from the log tail", self.path, added)
+        return added
 
     def _truncate_tail(self, rec_pos: int) -> None:
         start = self._starts[-1]
@@ -492,7 +499,6 @@ class LocalStore(BlockStore):
         os.fsync(fd)
         _fsync_dir(self.path / "segments")
         old = self._append_fd
-        self._retired_fds = getattr(self, "_retired_fds", [])
         self._retired_fds.append(old)
         self._append_fd = fd
         self._starts.append(new_start)
@@ -508,8 +514,7 @@ class LocalStore(BlockStore):
                 batch = dict(self._pending)
                 fds = set(self._unsynced_fds)
                 self._unsynced_fds.clear()
-                retired = getattr(self, "_retired_fds", [])
-                self._retired_fds = []
+                retired, self._retired_fds = self._retired_fds, []
                 end = self._cur_start + self._cur_size
                 self._unsynced_bytes = 0
                 counters = (self._blocks, self._stored, self._logical)
@@ -605,17 +610,7 @@ class LocalStore(BlockStore):
             self._indexed_to = 0
             self._blocks = self._stored = self._logical = 0
             self._cache = BlockCache(self._cache.max_bytes)
-        for pos, hdr, ok in self._scan(0, verify=True, tolerate_tail=True):
-            if not ok:
-                self._truncate_tail(pos)
-                break
-            if hdr.score not in self._pending:
-                self._pending[hdr.score] = Location(pos, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
-                self._blocks += 1
-                self._stored += hdr.total_len
-                self._logical += hdr.raw_len
-        self._unsynced_fds.add(self._append_fd)
-        self.sync()
+        self._index_log_from(0)
         return self._blocks
 
     def statistics(self) -> StoreStats:
@@ -638,7 +633,7 @@ class LocalStore(BlockStore):
                 self.sync()
         finally:
             self._closed = True
-            for fd in getattr(self, "_retired_fds", []):
+            for fd in self._retired_fds:
                 os.close(fd)
             self._retired_fds = []
             self._release()
