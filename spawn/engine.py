@@ -220,7 +220,7 @@ class Engine:
             upd["mtime_ns"] = now
         if c:
             upd["ctime_ns"] = now
-        o = OInode(o.inode.__class__(**{**_fields(o.inode), **upd}), o.base_limit, o.flags, self._gen(txn))
+        o = OInode(_with(o.inode, **upd), o.base_limit, o.flags, self._gen(txn))
         self._put(txn, ino, o)
         return o
 
@@ -397,8 +397,8 @@ class Engine:
                     delta = 1 if so.inode.is_dir() else -1
                     d1 = self._touch(txn, p1, d1, nlink=d1.inode.nlink - delta)
                     d2 = self._touch(txn, p2, d2, nlink=d2.inode.nlink + delta)
-                self._touch(txn, p1, self._need(txn, p1))
-                self._touch(txn, p2, self._need(txn, p2))
+                self._touch_dir(txn, p1)
+                self._touch_dir(txn, p2)
                 return
             if so.inode.is_dir() and p1 != p2 and self._is_ancestor(txn, src, p2):
                 raise _err(errno.EINVAL, "cannot move a directory into itself")
@@ -424,15 +424,17 @@ class Engine:
                         raise _err(errno.EISDIR, os.fsdecode(n2))
                     self._unlinked(txn, dst, do)
             self._set_dirent(txn, p1, d1, n1, None)
-            self._set_dirent(txn, p2, d2 if p1 != p2 else self._need(txn, p2), n2, src, so.inode.mode)
-            if so.inode.is_dir() and p1 != p2:
-                d1 = self._touch(txn, p1, self._need(txn, p1), nlink=self._need(txn, p1).inode.nlink - 1)
-                self._touch(txn, p2, self._need(txn, p2), nlink=self._need(txn, p2).inode.nlink + 1)
-            else:
-                self._touch(txn, p1, self._need(txn, p1))
-                if p1 != p2:
-                    self._touch(txn, p2, self._need(txn, p2))
+            self._set_dirent(txn, p2, d2, n2, src, so.inode.mode)  # d2 gives the base tree only
+            moved_dir = so.inode.is_dir() and p1 != p2
+            self._touch_dir(txn, p1, -1 if moved_dir else 0)
+            if p1 != p2:
+                self._touch_dir(txn, p2, 1 if moved_dir else 0)
             self._touch(txn, src, self._need(txn, src), m=False)
+
+    def _touch_dir(self, txn, ino: int, dnlink: int = 0) -> OInode:
+        """Re-read a directory (earlier steps may have changed it), adjust nlink, touch it."""
+        d = self._need(txn, ino)
+        return self._touch(txn, ino, d, nlink=d.inode.nlink + dnlink)
 
     def _is_dir(self, txn, ino: int) -> bool:
         o = self._get(txn, ino)
