@@ -178,11 +178,10 @@ def _open_archive(args: argparse.Namespace, text: str):
 
 def _lookup(archive, path: str, what: str) -> int:
     from grid.errors import UserError
-    from spawn.archive import NotFound
 
     try:
         return archive.resolve(path)
-    except (NotFound, LookupError) as e:
+    except LookupError as e:  # NotFound and NotADirectory are LookupErrors
         raise UserError(what, str(e).strip("'\"")) from None
 
 
