@@ -254,6 +254,10 @@ class Engine:
             ino = self._new_ino(txn)
             now = time.time_ns()
             is_dir = stat.S_ISDIR(mode)
+            if d.inode.mode & stat.S_ISGID:  # Linux's inode_init_owner: a setgid directory
+                gid = d.inode.gid  # gives its group, and a new directory stays setgid
+                if is_dir:
+                    mode |= stat.S_ISGID
             i = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1, size=len(target),
                       atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=rdev, inline=target)
             self._put(txn, ino, OInode(i, 0, 0, self._gen(txn)))
@@ -261,8 +265,13 @@ class Engine:
             self._touch(txn, parent, d, nlink=d.inode.nlink + (1 if is_dir else 0))
             return _attr(ino, i)
 
-    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        return self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *, open: bool = False) -> Attr:
+        """A new regular file; *open* also counts an open handle, in the same call (FUSE's
+        create opens the file it makes)."""
+        a = self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        if open:
+            self._open[a.ino] = self._open.get(a.ino, 0) + 1
+        return a
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         return self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
@@ -308,9 +317,11 @@ class Engine:
                     break
         self._put(txn, ino, OInode(o.inode, 0, FLAG_DELETED, self._gen(txn)))
 
-    def open(self, ino: int) -> Attr:
-        """Count an open file handle, so that unlinking it keeps its data until release."""
-        a = self.getattr(ino)
+    def open(self, ino: int, *, truncate: bool = False) -> Attr:
+        """Count an open file handle, so that unlinking it keeps its data until release.
+        *truncate* is O_TRUNC, done in the same call so that no other client's write can
+        come between the truncation and the open."""
+        a = self.setattr(ino, size=0) if truncate else self.getattr(ino)
         self._open[ino] = self._open.get(ino, 0) + 1
         return a
 
@@ -638,6 +649,12 @@ class Engine:
 
     def fsync(self) -> None:
         self.ov.env.sync(True)
+
+    def statfs(self) -> tuple[int, int, int]:
+        """(total, free, available) bytes of the disk that holds this spawn's overlay: what
+        a client can still write before local state spills or the disk fills."""
+        v = os.statvfs(self.ov.path)
+        return v.f_blocks * v.f_frsize, v.f_bfree * v.f_frsize, v.f_bavail * v.f_frsize
 
 
 def _fields(i: Inode) -> dict[str, object]:

@@ -7,10 +7,10 @@ semantics live in the engine, never here, so that 9P and SFTP get the same fixes
 Three decisions shape this module:
 
 * **One owner thread.** The engine is synchronous and not thread-safe. Every call goes
-  through one single-thread executor (``loop.run_in_executor``), so the engine keeps its one
-  owner thread, requests stay in order of arrival, and the asyncio loop never blocks on LMDB
-  or on a block read. A daemon that also serves 9P passes its own executor in, so all
-  exporters share the one owner thread (invariant 8).
+  through a link (spawn.vfslink): in-process, one single-thread executor that every
+  exporter of the spawn shares (invariant 8); from a mount process, the node daemon, which
+  runs it on that same executor. Requests stay in order of arrival and the asyncio loop
+  never blocks on LMDB or on a block read.
 
 * **No kernel caching of metadata** (entry and attribute timeouts of 0). Other clients of
   the spawn (9P sessions, SFTP) change it through the engine, behind the kernel's back; with
@@ -50,10 +50,9 @@ import itertools
 import logging
 import os
 import re
-import stat
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -62,6 +61,7 @@ import pyfuse3.asyncio
 
 from spawn.engine import Attr, Engine
 from spawn.fsformat import NAME_MAX
+from spawn.vfslink import EngineLink, LocalLink
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,6 @@ def to_entry(a: Attr, timeout: float = TIMEOUT) -> pyfuse3.EntryAttributes:
     e.st_mtime_ns = a.mtime_ns
     e.st_ctime_ns = a.ctime_ns
     return e
-
-
-def new_owner(parent: Attr, mode: int, uid: int, gid: int) -> tuple[int, int, int]:
-    """(mode, uid, gid) of a new inode, as Linux's inode_init_owner gives them: in a setgid
-    directory it takes the directory's group, and a new directory stays setgid too."""
-    if parent.mode & stat.S_ISGID:
-        gid = parent.gid
-        if stat.S_ISDIR(mode):
-            mode |= stat.S_ISGID
-    return mode, uid, gid
 
 
 @dataclass(slots=True)
@@ -151,40 +141,26 @@ def _handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 class GridFS(pyfuse3.Operations):
-    """pyfuse3 operations over one spawn's engine. See the module docstring.
-
-    *owner_uid* is the spawn's owner: only it and root may use the mount. *executor* is the
-    engine's owner thread when the daemon shares the engine with other exporters; by default
-    the adapter makes its own. *space_path* is a directory on the disk that holds the spawn's
-    local state; ``statfs`` reports that disk's space (None: a synthetic 1 TiB).
-    """
+    """pyfuse3 operations over one spawn's engine, reached through *link* (spawn.vfslink).
+    See the module docstring. *owner_uid* is the spawn's owner: only it and root may use the
+    mount."""
 
     supports_dot_lookup = False  # no NFS export: the engine keeps no parent pointers
 
-    def __init__(self, engine: Engine, owner_uid: int, *, executor: Executor | None = None,
-                 space_path: str | os.PathLike[str] | None = None, timeout: float = TIMEOUT) -> None:
+    def __init__(self, link: EngineLink, owner_uid: int, *, timeout: float = TIMEOUT) -> None:
         super().__init__()
-        self.engine = engine
+        self.vfs = link  # not self.link: that is the link(2) handler
         self.owner_uid = owner_uid
         self.timeout = timeout
-        self.space_path = space_path
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-engine")
         self._fh = itertools.count(1)
         self._files: dict[int, _File] = {}
         self._dirs: dict[int, _Dir] = {}
         self._cached: dict[int, int] = {}  # ino -> ctime_ns when the kernel last opened it
         self.readahead: tuple[str, int] | None = None  # set at the first open: see set_readahead
 
-    def close(self) -> None:
-        """Stop the owner thread (if it is ours), after the calls already queued."""
-        if self._own_executor:
-            self._executor.shutdown(wait=True)
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Run *fn* on the engine's owner thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kw))
+    async def _call(self, op: str, *args: Any, **kw: Any) -> Any:
+        """One engine operation, on the engine's owner thread (wherever that is)."""
+        return await self.vfs.call(op, *args, **kw)
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         return to_entry(a, self.timeout)
@@ -194,17 +170,17 @@ class GridFS(pyfuse3.Operations):
     @_handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return self._entry(await self._call(self.engine.getattr, parent_inode))
+            return self._entry(await self._call("getattr", parent_inode))
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        return self._entry(await self._call(self.engine.lookup, parent_inode, name))
+        return self._entry(await self._call("lookup", parent_inode, name))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """Nothing to do: inode numbers are persistent and the engine keeps no lookup counts."""
 
     @_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self._call(self.engine.getattr, inode))
+        return self._entry(await self._call("getattr", inode))
 
     @_handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -224,63 +200,46 @@ class GridFS(pyfuse3.Operations):
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             kw["mtime_ns"] = attr.st_mtime_ns
-        return self._entry(await self._call(self.engine.setattr, inode, **kw))
+        return self._entry(await self._call("setattr", inode, **kw))
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self._call(self.engine.readlink, inode)
-
-    async def _make(self, parent: int, mode: int, ctx: pyfuse3.RequestContext,
-                    make: Callable[[int, int, int], Attr]) -> Attr:
-        """Create an inode on the owner thread: read the parent (setgid inheritance), then
-        call ``make(mode, uid, gid)``; both in one job, so nothing runs in between."""
-        uid, gid = ctx.uid, ctx.gid
-
-        def job() -> Attr:
-            return make(*new_owner(self.engine.getattr(parent), mode, uid, gid))
-
-        return await self._call(job)
+        return await self._call("readlink", inode)
 
     @_handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        a = await self._make(parent_inode, mode, ctx,
-                             lambda m, u, g: self.engine.mknod(parent_inode, name, m, rdev, u, g))
-        return self._entry(a)
+        return self._entry(await self._call("mknod", parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
 
     @_handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        a = await self._make(parent_inode, stat.S_IFDIR | mode, ctx,
-                             lambda m, u, g: self.engine.mkdir(parent_inode, name, m, u, g))
-        return self._entry(a)
+        return self._entry(await self._call("mkdir", parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @_handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        a = await self._make(parent_inode, stat.S_IFLNK | 0o777, ctx,
-                             lambda _m, u, g: self.engine.symlink(parent_inode, name, target, u, g))
-        return self._entry(a)
+        return self._entry(await self._call("symlink", parent_inode, name, target, ctx.uid, ctx.gid))
 
     @_handler
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self._call(self.engine.link, inode, new_parent_inode, new_name))
+        return self._entry(await self._call("link", inode, new_parent_inode, new_name))
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.engine.unlink, parent_inode, name)
+        await self._call("unlink", parent_inode, name)
 
     @_handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.engine.rmdir, parent_inode, name)
+        await self._call("rmdir", parent_inode, name)
 
     @_handler
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         if flags & ~_RENAME_KNOWN:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_WHITEOUT: overlayfs only
-        await self._call(self.engine.rename, parent_inode_old, name_old, parent_inode_new, name_new,
+        await self._call("rename", parent_inode_old, name_old, parent_inode_new, name_new,
                          noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                          exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
 
@@ -309,32 +268,23 @@ class GridFS(pyfuse3.Operations):
         """libfuse 3 asks the kernel for atomic O_TRUNC: the truncation comes here, in the
         open flags (not as a setattr first), and happens in the same job as the open."""
 
-        def job() -> Attr:
-            if flags & os.O_TRUNC:
-                self.engine.setattr(inode, size=0)
-            return self.engine.open(inode)
-
-        return self._file_info(await self._call(job), flags)
+        a = await self._call("open", inode, truncate=bool(flags & os.O_TRUNC))
+        return self._file_info(a, flags)
 
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        def make(m: int, u: int, g: int) -> Attr:
-            a = self.engine.create(parent_inode, name, m, u, g)
-            self.engine.open(a.ino)  # counted at once: the kernel holds it open
-            return a
-
-        a = await self._make(parent_inode, stat.S_IFREG | mode, ctx, make)
+        a = await self._call("create", parent_inode, name, mode, ctx.uid, ctx.gid, open=True)
         return self._file_info(a, flags), self._entry(a)
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._call(self.engine.read, self._files[fh].ino, off, size)
+        return await self._call("read", self._files[fh].ino, off, size)
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._files[fh]
-        return await self._call(self.engine.write, f.ino, off, buf, append=f.append)
+        return await self._call("write", f.ino, off, buf, append=f.append)
 
     @_handler
     async def flush(self, fh: int) -> None:
@@ -343,11 +293,11 @@ class GridFS(pyfuse3.Operations):
     @_handler
     async def release(self, fh: int) -> None:
         f = self._files.pop(fh)
-        await self._call(self.engine.release, f.ino)
+        await self._call("release", f.ino)
 
     @_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._call(self.engine.fsync)
+        await self._call("fsync")
 
     # -- directories ---------------------------------------------------------------------
 
@@ -355,7 +305,7 @@ class GridFS(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         """Snapshot the listing, so that offsets stay valid while the directory changes:
         no entry is skipped or repeated within one pass (readdir's rule)."""
-        entries = await self._call(self.engine.readdir, inode)
+        entries = await self._call("readdir", inode)
         fh = next(self._fh)
         self._dirs[fh] = _Dir(entries)
         return fh
@@ -374,7 +324,7 @@ class GridFS(pyfuse3.Operations):
 
     @_handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self._call(self.engine.fsync)
+        await self._call("fsync")
 
     @_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -382,13 +332,8 @@ class GridFS(pyfuse3.Operations):
         inode numbers are 64-bit and never run out."""
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        if self.space_path is not None:
-            v = os.statvfs(self.space_path)
-            s.f_blocks = v.f_blocks * v.f_frsize // 4096
-            s.f_bfree = v.f_bfree * v.f_frsize // 4096
-            s.f_bavail = v.f_bavail * v.f_frsize // 4096
-        else:
-            s.f_blocks = s.f_bfree = s.f_bavail = (1 << 40) // 4096
+        total, free, avail = await self._call("statfs")
+        s.f_blocks, s.f_bfree, s.f_bavail = total // 4096, free // 4096, avail // 4096
         s.f_files = 1 << 32
         s.f_ffree = s.f_favail = (1 << 32) - 1
         s.f_namemax = NAME_MAX
@@ -400,19 +345,19 @@ class GridFS(pyfuse3.Operations):
 
     @_handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.engine.setxattr, inode, name, value)
+        await self._call("setxattr", inode, name, value)
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self._call(self.engine.getxattr, inode, name)
+        return await self._call("getxattr", inode, name)
 
     @_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return await self._call(self.engine.listxattr, inode)
+        return await self._call("listxattr", inode)
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.engine.removexattr, inode, name)
+        await self._call("removexattr", inode, name)
 
 
 def _mount_device(mountpoint: str | os.PathLike[str]) -> str | None:
@@ -447,21 +392,25 @@ def set_readahead(mountpoint: str | os.PathLike[str], kb: int) -> bool:
     return True
 
 
-async def serve(engine: Engine, mountpoint: str | os.PathLike[str], owner_uid: int, *,
+async def serve(link: EngineLink | Engine, mountpoint: str | os.PathLike[str], owner_uid: int, *,
                 ready: Callable[[], object] | None = None, executor: Executor | None = None,
-                space_path: str | os.PathLike[str] | None = None,
                 options: Sequence[str] = MOUNT_OPTIONS, readahead_kb: int = READAHEAD_KB,
                 timeout: float = TIMEOUT) -> None:
-    """Mount *engine* at *mountpoint* and serve it until unmounted or cancelled.
+    """Mount a spawn at *mountpoint* and serve it until unmounted or cancelled.
 
-    *ready* is called once the kernel has the mount. Cancelling the task ends the FUSE
-    session first (requests in progress finish), then unmounts (lazily, so a process still
-    inside the tree does not keep the mount alive), then stops the owner thread if it is
-    ours. The engine is the caller's to close. Mounting with ``allow_other`` as a user
-    other than root needs ``user_allow_other`` in /etc/fuse.conf.
+    *link* reaches the engine (spawn.vfslink); an Engine is wrapped in a LocalLink on
+    *executor* (the engine's owner thread; by default one of its own). *ready* is called
+    once the kernel has the mount. Cancelling the task ends the FUSE session first (requests
+    in progress finish), then unmounts (lazily, so a process still inside the tree does not
+    keep the mount alive). The engine and a given link are the caller's to close. Mounting
+    with ``allow_other`` as a user other than root needs ``user_allow_other`` in
+    /etc/fuse.conf.
     """
+    own = None
+    if isinstance(link, Engine):
+        link = own = LocalLink(link, executor)
     pyfuse3.asyncio.enable()
-    ops = GridFS(engine, owner_uid, executor=executor, space_path=space_path, timeout=timeout)
+    ops = GridFS(link, owner_uid, timeout=timeout)
     if readahead_kb:
         ops.readahead = (os.fspath(mountpoint), readahead_kb)
     pyfuse3.init(ops, os.fspath(mountpoint), set(options))
@@ -494,4 +443,5 @@ async def serve(engine: Engine, mountpoint: str | os.PathLike[str], owner_uid: i
         if workers:
             await asyncio.wait(workers, timeout=30)
         pyfuse3.close(unmount=True)
-        ops.close()
+        if own is not None:
+            own.close()

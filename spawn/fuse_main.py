@@ -49,7 +49,7 @@ async def _run(engine: Engine, a: argparse.Namespace) -> None:
         print("ready", flush=True)
 
     try:
-        await serve(engine, a.mountpoint, a.owner, ready=ready, space_path=a.overlay, timeout=a.timeout)
+        await serve(engine, a.mountpoint, a.owner, ready=ready, timeout=a.timeout)
     except asyncio.CancelledError:
         pass  # a signal: serve has unmounted
 

@@ -102,7 +102,8 @@ class Overlay:
     """The LMDB environment of one spawn. Not thread-safe: the engine's one thread owns it."""
 
     def __init__(self, path: str | Path, *, map_size: int = 1 << 34) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(str(path), map_size=map_size, max_dbs=8, subdir=True)
         self.meta = self.env.open_db(b"meta")
         self.inodes = self.env.open_db(b"inodes")

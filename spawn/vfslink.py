@@ -1,0 +1,62 @@
+"""How an exporter reaches a spawn's engine: in this process, or in the node daemon.
+
+Every exporter (FUSE now, 9P and SFTP in the daemon) talks to the engine through a *link*:
+one awaitable ``call(op, *args, **kw)`` per engine operation. Keeping exporters to that one
+door has two uses:
+
+* the engine stays owned by one thread (invariant 8): :class:`LocalLink` runs every call on
+  the spawn's single-thread executor, which all exporters of the spawn share;
+* a FUSE mount can live in its own process (pyfuse3 allows one session per process) and
+  forward each call to the daemon that owns the engine: ``spawn.vfsrpc.RemoteLink`` is the
+  same interface over a Unix socket.
+
+``OPS`` is the whole surface: an operation not named there cannot be called through a
+link, so a remote client cannot reach anything but the filesystem (no save, no close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from spawn.engine import Engine
+
+#: The engine operations a link carries, each with the engine method's own signature.
+OPS = frozenset({
+    "getattr", "lookup", "readdir", "create", "mkdir", "mknod", "symlink", "readlink", "link",
+    "unlink", "rmdir", "rename", "open", "release", "read", "write", "setattr", "getxattr",
+    "listxattr", "setxattr", "removexattr", "fsync", "statfs",
+})
+
+
+class EngineLink(Protocol):
+    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+        """Run engine operation *op*; an OSError carries the engine's errno."""
+
+    def close(self) -> None:
+        """Release what the link holds (threads, a connection)."""
+
+
+class LocalLink:
+    """An engine in this process, run on its one owner thread.
+
+    Pass the spawn's executor when other exporters share the engine; without one the link
+    makes (and on ``close`` stops) its own single thread.
+    """
+
+    def __init__(self, engine: Engine, executor: Executor | None = None) -> None:
+        self.engine = engine
+        self._own = executor is None
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-engine")
+
+    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+        if op not in OPS:
+            raise ValueError(f"no engine operation {op!r}")
+        fn = functools.partial(getattr(self.engine, op), *args, **kw)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def close(self) -> None:
+        if self._own:
+            self.executor.shutdown(wait=True)
