@@ -294,8 +294,11 @@ class NameDB:
         date: str | None = None,
         node: str | None = None,
         extra: Iterable[Pair] = (),
+        prev: str | None = None,
     ) -> NameRecord:
-        """Point *name* at *score*: append a record whose ``prev`` is the score it replaces.
+        """Point *name* at *score*: append a record whose ``prev`` is the score it replaces,
+        or *prev* when given (a save records the root its spawn came from, which is not the
+        name's latest root when someone else saved the name meanwhile).
 
         Without *date*, the record is dated now, or a microsecond after the name's latest
         record when that is later (a peer's clock ahead of ours), so that it does become
@@ -304,12 +307,15 @@ class NameDB:
         """
         check_name(name)
         check_score(score)
+        if prev is not None:
+            check_score(prev)
         self._check_user(user)
         extra = tuple(extra)
         with self.file.locked() as f:
             current = self.latest(name)
             when = self._date_after(date, current)
-            prev = None if current is None or current.tombstone else current.score
+            if prev is None:
+                prev = None if current is None or current.tombstone else current.score
             record = NameRecord(
                 name=name, score=score, user=user, date=when, prev=prev, node=node, extra=extra
             )

@@ -17,6 +17,13 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# A user's `grid mount` admits root too (and the adapter refuses everyone else) only when
+# users may mount with allow_other.
+if [ -f /etc/fuse.conf ] && ! grep -q '^[[:space:]]*user_allow_other' /etc/fuse.conf; then
+    echo "setup: enabling user_allow_other in /etc/fuse.conf" >&2
+    sed -i '$a user_allow_other' /etc/fuse.conf  # a line of its own, newline or not
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PY --version)" >&2

@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from spawn.engine import Engine
 from spawn.save import save
@@ -58,8 +59,10 @@ def _now() -> str:
 
 
 class Spawner:
-    def __init__(self, store: BlockStore, root: str | os.PathLike[str], *, max_per_user: int = 16) -> None:
+    def __init__(self, store: BlockStore, root: str | os.PathLike[str], *, max_per_user: int = 16,
+                 engine_options: dict[str, Any] | None = None) -> None:
         self.store = store
+        self.engine_options = dict(engine_options or {})  # e.g. overlay_limit, for every engine
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_per_user = max_per_user
@@ -125,7 +128,7 @@ class Spawner:
         d = self.root / sid
         d.mkdir(mode=0o700)
         try:
-            engine = Engine(self.store, d / "overlay", root)
+            engine = Engine(self.store, d / "overlay", root, **self.engine_options)
         except BaseException:
             shutil.rmtree(d, ignore_errors=True)
             raise
@@ -140,7 +143,7 @@ class Spawner:
         e = self._engines.get(sid)
         if e is None:
             self._read(sid)
-            e = Engine(self.store, self.root / sid / "overlay")
+            e = Engine(self.store, self.root / sid / "overlay", **self.engine_options)
             self._engines[sid] = e
         return e
 

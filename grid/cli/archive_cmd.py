@@ -87,13 +87,13 @@ def run_import(args: argparse.Namespace) -> int:
     from grid.errors import UserError
     from grid.home import find_home
     from grid.progress import Progress, human_bytes
+    from grid.storeopen import open_store
     from ndb.names import NameDB
     from ndb.users import UserDB
     from ndb.values import check_name
     from spawn.archive import Archive
     from spawn.filescache import FilesCache
     from spawn.importer import Importer
-    from store.local import LocalStore
     from store.score import NULL_SCORE, format_score, parse_score
 
     home = find_home(args.home)
@@ -109,7 +109,7 @@ def run_import(args: argparse.Namespace) -> int:
     names = NameDB(home.names_db, users=UserDB(home.users_db))
     if UserDB(home.users_db).get(user) is None:
         raise UserError("import", f"unknown user {user!r} (add it with `grid user add {user}`)")
-    with LocalStore.open(home.store) as store:
+    with open_store(home) as store:
         prev = names.resolve(args.name)
         prev_score, high = NULL_SCORE, 0
         if prev is not None:

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "names_cmd",
     "user_cmd",
     "peer_cmd",
+    "spawn_cmd",
 )
 
 

@@ -51,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace, *, readonly: bool):
     from grid.home import find_home
-    from store.local import LocalStore
+    from grid.storeopen import open_store
 
-    return LocalStore.open(find_home(args.home).store, readonly=readonly)
+    return open_store(find_home(args.home), readonly=readonly)
 
 
 def run_put(args: argparse.Namespace) -> int:
@@ -133,7 +133,14 @@ def run_check(args: argparse.Namespace) -> int:
 
     from grid.progress import Progress
 
-    with _open(args, readonly=not args.rebuild) as store:
+    if args.rebuild:  # only the store's own process may rebuild: not through the daemon
+        from grid.home import find_home
+        from store.local import LocalStore
+
+        opened = LocalStore.open(find_home(args.home).store)
+    else:
+        opened = _open(args, readonly=True)
+    with opened as store:
         if args.rebuild:
             n = store.rebuild_index()
             print(f"index rebuilt from the log: {n} blocks", file=sys.stderr)

@@ -1,0 +1,431 @@
+"""The node daemon: owns the store, the spawns and the listeners of one grid home.
+
+One process per home (the store's writer lock makes sure of it). It listens on
+
+* ``run/grid.sock`` (mode 0666): the CLI's control commands and the FUSE mount processes'
+  attached sessions (spawn.vfsrpc). Who is asking is the peer uid the kernel reports
+  (SO_PEERCRED), never anything the client says. A spawn is visible to its owner and root
+  only; to anyone else it does not exist (spawn.spawner decides, for every exporter).
+* ``run/blocks.sock`` (mode 0600): the block protocol (store.server), so that the home's
+  owner can run ``grid import`` and ``grid store`` while the daemon holds the store.
+
+Threads: every spawn's engine runs on its own single-thread executor, shared by every client
+of the spawn (invariant 8): requests reach it in arrival order and each is one LMDB
+transaction. A save runs in a thread of its own and reaches the engine through that
+executor for its short steps, so clients keep working while the new blocks are written.
+
+Control commands (docs/daemon.md has the wire format): ``ping``, ``spawn``, ``spawns``,
+``save``, ``kill``, ``stop``, and ``attach``, which turns the connection into a vfs session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import logging
+import os
+import pwd
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from grid.errors import UserError
+from grid.home import GridHome
+from spawn.engine import Engine
+from spawn.spawner import Spawner, SpawnError, SpawnInfo, SpawnLimit, SpawnNotFound
+from spawn.vfslink import LocalLink
+from spawn.vfsrpc import FrameError, VfsSession, encode, error_of, parse_request, read_frame
+from store.score import format_score
+
+log = logging.getLogger("grid.daemon")
+
+SOCKET = "grid.sock"
+BLOCKS_SOCKET = "blocks.sock"
+PIDFILE = "grid.pid"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    spawnmax: int = 16  # live spawns per user (root is not limited); ANTS's spawnmax
+    overlay_limit: int | None = None  # bytes of changed data a spawn keeps locally
+    socket_mode: int = 0o666  # every local user may ask; the daemon decides per uid
+
+
+@dataclass(eq=False)
+class _Client:
+    """An attached session and where it comes from, for ``grid spawns``."""
+
+    session: VfsSession
+    uid: int
+    mountpoint: str
+
+
+@dataclass(eq=False)
+class _Live:
+    """A spawn whose engine is open: its owner thread and its attached clients."""
+
+    info: SpawnInfo
+    engine: Engine
+    executor: ThreadPoolExecutor
+    link: LocalLink
+    clients: set[_Client] = field(default_factory=set)
+    saving: bool = False
+
+    def owner(self, fn: Callable[[], Any]) -> Any:
+        """Run *fn* on the engine's thread and wait for it (for a save's short steps)."""
+        return self.executor.submit(fn).result()
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)[1]
+
+
+class Refused(OSError):
+    """A control request the daemon will not do; errno and message go back to the client."""
+
+
+class Daemon:
+    def __init__(self, home: GridHome, settings: Settings = Settings()) -> None:
+        self.home = home
+        self.settings = settings
+        self.sock_path = home.run / SOCKET
+        self.blocks_path = home.run / BLOCKS_SOCKET
+        self._live: dict[str, _Live] = {}
+        self._opening: dict[str, asyncio.Future[_Live]] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._block_server: Any = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.store: Any = None
+        self.spawner: Spawner | None = None
+
+    # -- start and stop --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from store.errors import StoreLocked
+        from store.local import LocalStore
+        from store.server import BlockServer
+
+        self.home.run.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self.home.run, 0o711)  # others may reach the socket, not list the directory
+        if _listening(self.sock_path):
+            raise UserError("grid serve", f"a node daemon is already running for {self.home.root}")
+        try:
+            self.store = LocalStore.open(self.home.store)
+        except StoreLocked as e:
+            raise UserError("grid serve", f"{e} (is a node daemon already running?)") from None
+        opts = {}
+        if self.settings.overlay_limit is not None:
+            opts["overlay_limit"] = self.settings.overlay_limit
+        self.spawner = Spawner(self.store, self.home.spawns, max_per_user=self.settings.spawnmax,
+                               engine_options=opts)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock_path)
+        srv = await asyncio.start_unix_server(self._on_connect, os.fspath(self.sock_path),
+                                              limit=(16 << 20) + 4)
+        os.chmod(self.sock_path, self.settings.socket_mode)
+        self._servers.append(srv)
+        self._block_server = BlockServer(self.store, node=self.home.root.name)
+        await self._block_server.start_unix(self.blocks_path)
+        os.chmod(self.blocks_path, 0o600)
+        (self.home.run / PIDFILE).write_text(f"{os.getpid()}\n")
+        log.info("serving %s (pid %d) on %s", self.home.root, os.getpid(), self.sock_path)
+
+    async def run(self, ready: Callable[[], object] | None = None) -> None:
+        """Start, serve until SIGTERM/SIGINT or a ``stop`` request, then shut down cleanly."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            if ready is not None:
+                ready()
+            await self._stopping.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        for live in list(self._live.values()):
+            await self._detach_all(live)
+        if self._block_server is not None:
+            await self._block_server.close()
+        for t in list(self._connections):
+            t.cancel()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=10)
+        for sid, live in list(self._live.items()):
+            await asyncio.get_running_loop().run_in_executor(live.executor, live.engine.close)
+            live.executor.shutdown(wait=True)
+            del self._live[sid]
+        if self.store is not None:
+            self.store.close()
+        for p in (self.sock_path, self.blocks_path, self.home.run / PIDFILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        log.info("stopped")
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            uid = peer_uid(writer)
+            while True:
+                msg = await read_frame(reader)
+                if msg is None:
+                    break
+                tag, op, args, kw = parse_request(msg)
+                if op == "attach":
+                    await self._attach(uid, tag, args, kw, reader, writer)
+                    break
+                try:
+                    value = await self._control(uid, op, args, kw)
+                    reply = [tag, 0, value]
+                except Exception as e:
+                    reply = [tag, *self._error(op, e)]
+                writer.write(encode(reply))
+                await writer.drain()
+        except FrameError as e:
+            log.warning("connection closed: %s", e)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._connections.discard(task)
+
+    @staticmethod
+    def _error(op: str, e: BaseException) -> tuple[int, str]:
+        if isinstance(e, UserError):
+            return errno.EINVAL, f"{e.what}: {e.why}"
+        if isinstance(e, SpawnNotFound):
+            return errno.ENOENT, str(e)
+        if isinstance(e, SpawnLimit):
+            return errno.EDQUOT, str(e)
+        if isinstance(e, SpawnError):
+            return errno.EINVAL, str(e)
+        if isinstance(e, Refused):
+            return e.errno or errno.EINVAL, e.strerror or str(e)
+        from ndb.errors import NdbError
+        from store.errors import StoreError
+
+        if isinstance(e, (NdbError, StoreError)):
+            return errno.EINVAL, str(e)
+        if not isinstance(e, OSError):
+            log.exception("%s failed", op)
+        return error_of(e)
+
+    async def _control(self, uid: int, op: str, args: list[Any], kw: dict[str, Any]) -> Any:
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise Refused(errno.ENOSYS, f"no command {op!r}")
+        try:
+            return await handler(uid, *args, **kw)
+        except TypeError as e:
+            raise Refused(errno.EINVAL, f"{op}: bad arguments ({e})") from None
+
+    # -- spawns ----------------------------------------------------------------------------
+
+    def _user_name(self, uid: int) -> str:
+        """The grid user a Unix uid is: its ndb users record, else its login name."""
+        from ndb.users import UserDB
+
+        u = UserDB(self.home.users_db).by_uid(uid)
+        if u is not None:
+            return u.name
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return f"uid{uid}"
+
+    async def _get_live(self, sid: str, uid: int) -> _Live:
+        """The open spawn, if *uid* may use it (opening its engine on first use)."""
+        assert self.spawner is not None
+        info = self.spawner.get(sid, uid)
+        live = self._live.get(sid)
+        if live is not None:
+            return live
+        fut = self._opening.get(sid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._opening[sid] = fut
+            ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spawn-{sid}")
+            try:
+                engine = await asyncio.get_running_loop().run_in_executor(ex, self.spawner.engine, sid)
+            except BaseException as e:
+                ex.shutdown(wait=False)
+                del self._opening[sid]
+                fut.set_exception(e)
+                fut.exception()  # retrieved: waiters re-raise it
+                raise
+            live = _Live(info, engine, ex, LocalLink(engine, ex))
+            self._live[sid] = live
+            del self._opening[sid]
+            fut.set_result(live)
+            return live
+        return await asyncio.shield(fut)
+
+    def _describe(self, info: SpawnInfo, live: _Live | None) -> dict[str, Any]:
+        assert self.spawner is not None
+        d = asdict(info)
+        d["changed_bytes"] = self.spawner.changed_bytes(info.id)
+        d["clients"] = len(live.clients) if live else 0
+        d["mounts"] = sorted({c.mountpoint for c in live.clients if c.mountpoint}) if live else []
+        d["base"] = format_score(live.engine.base) if live else None
+        d["saving"] = bool(live and live.saving)
+        return d
+
+    async def _op_ping(self, uid: int) -> dict[str, Any]:
+        from grid import __version__
+
+        return {"pid": os.getpid(), "home": str(self.home.root), "version": __version__, "uid": uid}
+
+    async def _op_spawn(self, uid: int, ref: str) -> dict[str, Any]:
+        from grid.refs import resolve
+
+        assert self.spawner is not None
+        r = await asyncio.to_thread(resolve, self.home, ref)
+        owner = await asyncio.to_thread(self._user_name, uid)
+        info = await asyncio.to_thread(
+            self.spawner.spawn, r.name or ref, r.score, owner=owner, uid=uid)
+        log.info("spawn %s: %s for %s (uid %d)", info.id, info.name, owner, uid)
+        live = await self._get_live(info.id, uid)
+        return self._describe(info, live)
+
+    async def _op_spawns(self, uid: int) -> list[dict[str, Any]]:
+        assert self.spawner is not None
+        out = []
+        for info in await asyncio.to_thread(self.spawner.list, uid):
+            out.append(self._describe(info, self._live.get(info.id)))
+        return out
+
+    async def _op_status(self, uid: int, sid: str) -> dict[str, Any]:
+        assert self.spawner is not None
+        info = self.spawner.get(str(sid), uid)
+        return self._describe(info, self._live.get(info.id))
+
+    async def _op_save(self, uid: int, sid: str, name: str | None = None) -> dict[str, Any]:
+        """Snapshot the spawn; record *name* (default: the name it was spawned from) with
+        prev = the root the spawn stood on."""
+        from ndb.names import NameDB
+        from ndb.users import UserDB
+        from ndb.values import check_name
+
+        assert self.spawner is not None
+        live = await self._get_live(str(sid), uid)
+        info = live.info
+        if name is None and not info.name.startswith("blake3:"):
+            name = info.name
+        if name is not None:
+            check_name(name)  # before any work: a bad name changes nothing
+        if live.saving:
+            raise Refused(errno.EBUSY, f"spawn {sid} is being saved already")
+        live.saving = True
+        try:
+            prev = await asyncio.get_running_loop().run_in_executor(live.executor, lambda: live.engine.base)
+            t0 = time.monotonic()
+            score = await self._save(live, name or "")
+            took = time.monotonic() - t0
+        finally:
+            live.saving = False
+        text = format_score(score)
+        result: dict[str, Any] = {"score": text, "prev": format_score(prev), "name": name,
+                                  "seconds": took}
+        if name is not None:
+            names = NameDB(self.home.names_db, users=UserDB(self.home.users_db))
+            try:
+                rec = await asyncio.to_thread(names.set, name, text, info.owner, prev=format_score(prev))
+                result["date"] = rec.date
+            except Exception as e:  # the root is saved: say so, and why the name is not
+                result["name_error"] = self._error("save", e)[1]
+        log.info("save %s: %s -> %s (%.2f s)", sid, name or "(no name)", text, took)
+        return result
+
+    async def _save(self, live: _Live, name: str) -> bytes:
+        from spawn.save import save
+
+        assert self.spawner is not None
+        fn = functools.partial(save, live.engine, name=name, user=live.info.owner)
+        if "owner" in save.__kwdefaults__:
+            # Concurrent save: the long part in a thread of its own, the engine's short
+            # steps on its owner thread; clients keep working meanwhile.
+            return await asyncio.to_thread(fn, owner=live.owner)
+        return await asyncio.get_running_loop().run_in_executor(live.executor, fn)
+
+    async def _detach_all(self, live: _Live) -> None:
+        for c in list(live.clients):
+            await c.session.shutdown()
+
+    async def _op_kill(self, uid: int, sid: str) -> dict[str, Any]:
+        assert self.spawner is not None
+        sid = str(sid)
+        info = self.spawner.get(sid, uid)
+        live = self._live.pop(sid, None)
+        if live is not None:
+            if live.saving:
+                self._live[sid] = live
+                raise Refused(errno.EBUSY, f"spawn {sid} is being saved; kill it afterwards")
+            await self._detach_all(live)
+            await asyncio.get_running_loop().run_in_executor(live.executor, self.spawner.kill, sid)
+            live.executor.shutdown(wait=True)
+        else:
+            await asyncio.to_thread(self.spawner.kill, sid)
+        log.info("kill %s (%s of %s)", sid, info.name, info.owner)
+        return {"id": sid}
+
+    async def _op_stop(self, uid: int) -> dict[str, Any]:
+        if uid not in (0, os.geteuid()):
+            raise Refused(errno.EPERM, "only root or the daemon's user may stop it")
+        asyncio.get_running_loop().call_soon(self._stopping.set)
+        return {"pid": os.getpid()}
+
+    async def _attach(self, uid: int, tag: int, args: list[Any], kw: dict[str, Any],
+                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if len(args) != 1:
+                raise Refused(errno.EINVAL, "attach SPAWN")
+            live = await self._get_live(str(args[0]), uid)
+        except Exception as e:
+            writer.write(encode([tag, *self._error("attach", e)]))
+            await writer.drain()
+            return
+        session = VfsSession(reader, writer, live.link)
+        client = _Client(session, uid, str(kw.get("mountpoint") or ""))
+        live.clients.add(client)
+        info = live.info
+        writer.write(encode([tag, 0, {"id": info.id, "owner": info.owner, "uid": info.uid,
+                                      "name": info.name}]))
+        await writer.drain()
+        log.info("spawn %s: attached uid %d%s", info.id, uid,
+                 f" at {client.mountpoint}" if client.mountpoint else "")
+        try:
+            await session.run()
+        finally:
+            live.clients.discard(client)
+            log.info("spawn %s: detached uid %d", info.id, uid)
+
+
+def _listening(path: os.PathLike[str]) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(os.fspath(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
