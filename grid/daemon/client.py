@@ -98,10 +98,13 @@ def _try(home: GridHome) -> DaemonClient | None:
 
 
 def connect(home: GridHome, *, start: bool = True) -> DaemonClient:
-    """A connection to the home's daemon, starting one if none answers and *start*."""
+    """A connection to the home's daemon, starting one if none answers and *start* (and
+    ``GRID_AUTOSTART`` is not ``0``: for scripts that must never start one)."""
     c = _try(home)
     if c is not None:
         return c
+    if os.environ.get("GRID_AUTOSTART", "1") == "0":
+        start = False
     if not start:
         raise UserError(f"grid home {home.root}", "no node daemon is running (start one: grid serve)")
     if not os.access(home.root, os.W_OK) or not os.access(home.store, os.W_OK):

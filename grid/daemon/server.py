@@ -146,12 +146,24 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        watch = asyncio.ensure_future(self._watch_home())
         try:
             if ready is not None:
                 ready()
             await self._stopping.wait()
         finally:
+            watch.cancel()
             await self.close()
+
+    async def _watch_home(self, every: float = 10.0) -> None:
+        """Stop when the home is removed from under us (or our socket is taken away):
+        nothing could reach this daemon any more, and it would hold its files for ever."""
+        while True:
+            await asyncio.sleep(every)
+            if not self.home.marker.exists() or not self.sock_path.exists():
+                log.warning("the grid home or its socket is gone: stopping")
+                self._stopping.set()
+                return
 
     def stop(self) -> None:
         self._stopping.set()

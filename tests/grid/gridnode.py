@@ -78,13 +78,17 @@ class Node:
         self.log = base / "daemon.log"
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, GRID_HOME=str(self.home), PYTHONPATH=str(ROOT))
+        return dict(os.environ, GRID_HOME=str(self.home), PYTHONPATH=str(ROOT), GRID_AUTOSTART="0")
 
     def grid(self, *args: str, user: User | None = None, check: bool = True,
-             input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+             input: str | None = None, timeout: float = 120,
+             autostart: bool = False) -> subprocess.CompletedProcess[str]:
         prefix = user.prefix() if user else ()
+        env = self.env()
+        if autostart:
+            env["GRID_AUTOSTART"] = "1"
         p = subprocess.run([*prefix, sys.executable, "-m", "grid.cli.main", *args], input=input,
-                           capture_output=True, text=True, env=self.env(), timeout=timeout)
+                           capture_output=True, text=True, env=env, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"grid {' '.join(args)} failed ({p.returncode}): {p.stderr}")
         return p
@@ -140,6 +144,9 @@ class Node:
     def close(self) -> None:
         self.unmount_all()
         self.stop()
+        pidfile = self.home / "run" / "grid.pid"  # one a command started by itself
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
         # mount processes exit once their mount is gone
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.base)

@@ -131,3 +131,17 @@ def test_bad_frames_cost_only_their_connection(node: Node) -> None:
         assert bystander.call("ping")["pid"] > 0
     with DaemonClient(_sock(node)) as c:
         assert c.call("ping")
+
+
+def test_the_daemon_stops_when_its_home_is_removed() -> None:
+    n = new_node()
+    try:
+        n.init()
+        n.start()
+        assert n.proc is not None
+        (n.home / "grid.home").unlink()  # what `rm -rf HOME` does first, in effect
+        n.proc.wait(timeout=30)  # it checks every 10 s
+        assert n.proc.returncode == 0
+        assert "the grid home or its socket is gone" in n.log.read_text()
+    finally:
+        n.close()

@@ -175,7 +175,9 @@ def test_a_command_starts_the_daemon_when_none_runs() -> None:
         n.init()
         _tree(n.base / "src")
         n.grid("import", str(n.base / "src"), "proj")
-        p = n.grid("spawn", "proj")
+        p = n.grid("spawn", "proj", check=False)
+        assert p.returncode == 1 and "no node daemon is running" in p.stderr  # GRID_AUTOSTART=0
+        p = n.grid("spawn", "proj", autostart=True)
         assert "started the node daemon" in p.stderr
         assert p.stdout.startswith("spawn 1: proj")
         # it holds the store now: imports go through its block socket
@@ -183,7 +185,7 @@ def test_a_command_starts_the_daemon_when_none_runs() -> None:
         assert n.grid("spawns").stdout.splitlines()[1].startswith("1 ")
         n.grid("stop")
         assert wait_for(lambda: not (n.home / "run" / "grid.sock").exists())
-        p = n.grid("spawns")
+        p = n.grid("spawns", autostart=True)
         assert "started the node daemon" in p.stderr  # and the spawn is still there
         assert "proj" in p.stdout
         n.grid("stop")
