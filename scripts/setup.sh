@@ -17,6 +17,13 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Users mount their spawns themselves: /dev/fuse is 0666 on Debian (udev's default rule), but
+# a machine without udev (containers, microVMs) may leave it 0600.
+if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+    echo "setup: making /dev/fuse usable by every user (mode 0666, as udev does)" >&2
+    chmod 0666 /dev/fuse
+fi
+
 # A user's `grid mount` admits root too (and the adapter refuses everyone else) only when
 # users may mount with allow_other.
 if [ -f /etc/fuse.conf ] && ! grep -q '^[[:space:]]*user_allow_other' /etc/fuse.conf; then
@@ -24,7 +31,15 @@ if [ -f /etc/fuse.conf ] && ! grep -q '^[[:space:]]*user_allow_other' /etc/fuse.
     sed -i '$a user_allow_other' /etc/fuse.conf  # a line of its own, newline or not
 fi
 
-PY=${PYTHON:-python3}
+# Debian's own interpreter, not whatever python3 a login shell finds first (pyenv and the like
+# live in a home other users cannot enter, and grid's mount processes run as those users).
+PY=${PYTHON:-/usr/bin/python3}
+want_home=$(dirname "$(readlink -f "$PY")")
+if [ -f .venv/pyvenv.cfg ] && ! grep -qx "home = $want_home" .venv/pyvenv.cfg \
+        && ! grep -qx "home = $(dirname "$PY")" .venv/pyvenv.cfg; then
+    echo "setup: .venv was made with another interpreter; remaking it with $PY" >&2
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PY --version)" >&2
     "$PY" -m venv .venv
