@@ -10,27 +10,42 @@ transaction, so each is atomic: an O_APPEND write happens at the size it sees, a
 clients of a spawn (several mounts, 9P sessions, SFTP) see each change at once because they
 go through this one engine.
 
-Durability: LMDB is opened without a sync per commit; ``fsync`` (and save) sync it. A killed
-process loses nothing committed (the data is in the page cache); a machine crash loses what
-was not fsynced, as with any filesystem.
+Durability: LMDB syncs every commit (py-lmdb's default, kept on purpose: without it a
+machine crash can leave the overlay itself corrupt, not merely behind), so every completed
+operation survives a process kill and a machine crash alike; ``fsync`` is then nearly free.
+The price is a disk flush per write request; see docs/benchmarks.md.
+
+Saving while clients write (spawn.save): a save snapshots the overlay at generation G and
+builds the new archive from that snapshot on another thread. Until it finishes, the engine
+keeps a :class:`SaveWindow`: what the rebase needs and the generation stamps cannot tell
+(the smallest size each file was truncated to after G, the files spilled after G), and every
+name removed in the window leaves a whiteout, since the new base may hold that name.
+
+Bounded local state: with ``overlay_limit``, a write that leaves more page bytes in the
+overlay than the limit moves the largest files' contents into the block store (spliced hash
+trees, as save writes them) until a quarter of the limit is free again. The file's overlay
+record then points at that tree, below ``base_limit`` = its size, and its pages go.
 
 Errors are OSError with the errno a kernel filesystem would give.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
+import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 from spawn.archive import Archive
 from spawn.fsformat import NAME_MAX, BadName, Inode, check_name
 from spawn.overlay import (
     FLAG_DELETED,
     FLAG_ORPHAN,
+    META_PAGE_BYTES,
     PAGE_SIZE,
     ODirent,
     OInode,
@@ -45,11 +60,15 @@ from spawn.overlay import (
 )
 from store.base import BlockStore
 from store.btree import BTree
-from store.hashtree import TreeReader
+from store.errors import StoreError
+from store.hashtree import TreeReader, TreeWriter
 from store.score import NULL_SCORE, Score
 
 ROOT_INO = 1
 _XATTR_MAX = 64 << 10
+_FEED = 1 << 20  # bytes handed to the tree writer at a time (and between cancellation checks)
+
+log = logging.getLogger(__name__)
 
 
 def _err(code: int, what: str = "") -> OSError:
@@ -78,11 +97,186 @@ def _attr(ino: int, i: Inode) -> Attr:
     return Attr(ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns)
 
 
+class FileView:
+    """A regular file's bytes as the spawn sees them, read through one LMDB transaction,
+    and the same bytes written out as a hash tree (save and spill share this code).
+
+    Each thread that reads files gets its own view: the view caches base-tree readers, and
+    those caches are not thread-safe, so a save running beside the owner thread must not
+    share the engine's.
+    """
+
+    def __init__(self, store: BlockStore, ov: Overlay) -> None:
+        self.store = store
+        self.ov = ov
+        self._readers: dict[bytes, TreeReader] = {}
+
+    def reader(self, score: Score) -> TreeReader:
+        r = self._readers.get(score)
+        if r is None:
+            r = TreeReader(self.store, score)
+            if len(self._readers) > 256:
+                self._readers.clear()
+            self._readers[score] = r
+        return r
+
+    def base_bytes(self, o: OInode, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the base content, zeros past base_limit."""
+        lim = min(end, o.base_limit)
+        data = b""
+        if start < lim and o.inode.content != NULL_SCORE:
+            data = self.reader(o.inode.content).read(start, lim - start)
+        return data + bytes(end - start - len(data))
+
+    def page_from(self, stored: bytes | None, o: OInode, page: int) -> bytes:
+        """The page's current bytes (up to the file size), given its overlay value if any."""
+        start = page * PAGE_SIZE
+        end = min(start + PAGE_SIZE, o.inode.size)
+        if end <= start:
+            return b""
+        if stored is not None:
+            data = stored[8:]
+            return data + bytes(end - start - len(data))
+        return self.base_bytes(o, start, end)
+
+    def page(self, txn, ino: int, o: OInode, page: int) -> bytes:
+        return self.page_from(txn.get(page_key(ino, page), db=self.ov.pages), o, page)
+
+    def page_numbers(self, txn, ino: int) -> list[int]:
+        """The file's pages held in the overlay, ascending."""
+        prefix = ino_bytes(ino)
+        cur = txn.cursor(db=self.ov.pages)
+        out: list[int] = []
+        if cur.set_range(prefix):
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                out.append(int.from_bytes(k[8:], "big"))
+        return out
+
+    def read(self, txn, ino: int, o: OInode, offset: int, size: int) -> bytes:
+        end = min(o.inode.size, offset + size)
+        if offset >= end:
+            return b""
+        # Overlay pages in the range, then base bytes for the gaps between them, each gap
+        # read from the hash tree in one go (a leaf is fetched once, not once per page).
+        first, last = offset // PAGE_SIZE, (end - 1) // PAGE_SIZE
+        pages: dict[int, bytes] = {}
+        cur = txn.cursor(db=self.ov.pages)
+        prefix = ino_bytes(ino)
+        if cur.set_range(page_key(ino, first)):
+            for k, v in cur:
+                pg = int.from_bytes(k[8:], "big")
+                if not k.startswith(prefix) or pg > last:
+                    break
+                pages[pg] = v[8:]
+        order = sorted(pages)
+        out = []
+        pos = offset
+        while pos < end:
+            page = pos // PAGE_SIZE
+            p0 = page * PAGE_SIZE
+            if page in pages:
+                stop = min(end, p0 + PAGE_SIZE)
+                data = pages[page]
+                piece = data[pos - p0 : stop - p0]
+                out.append(piece + bytes(stop - pos - len(piece)))
+            else:
+                i = bisect.bisect_right(order, page)
+                stop = min(end, order[i] * PAGE_SIZE) if i < len(order) else end
+                out.append(self.base_bytes(o, pos, stop))
+            pos = stop
+        return b"".join(out)
+
+    def tree(self, txn, ino: int, o: OInode, check: Callable[[], None] | None = None) -> Score:
+        """The file's content as a hash tree, spliced: every base leaf that no overlay page
+        touches and that lies below ``base_limit`` is reused by score without being read;
+        only the changed ranges are read and chunked. Unchanged content keeps its tree.
+        *check* is called between pieces of work (a save uses it to notice cancellation)."""
+        inode = o.inode
+        size = inode.size
+        pages = self.page_numbers(txn, ino)
+        base = self.reader(inode.content) if inode.content != NULL_SCORE else None
+        if base is not None and not pages and o.base_limit == base.size == size:
+            return inode.content
+        w = TreeWriter(self.store)
+        pos = 0
+        limit = min(o.base_limit, size) if base is not None else 0
+        if base is not None and limit > 0:
+            for score, n in base.leaf_scores():
+                a, b = pos, pos + n
+                if a >= limit:
+                    break
+                # A leaf ending exactly at the limit of a file that goes on is the old
+                # stream's tail, cut by its end rather than by content: chunk it again with
+                # what follows, so appending in pieces (spills) leaves no runt leaves.
+                whole = b < limit or b == limit == size
+                if whole and not _touched(pages, a, b):
+                    w.add_leaf(score, n)
+                else:
+                    self._write_range(txn, ino, o, pages, w, a, min(b, size), check)
+                pos = min(b, size)
+        self._write_range(txn, ino, o, pages, w, pos, size, check)
+        return w.finish().score
+
+    def _write_range(self, txn, ino: int, o: OInode, pages: list[int], w: TreeWriter,
+                     a: int, b: int, check: Callable[[], None] | None) -> None:
+        """Feed bytes [a, b) of the file to the tree writer; long runs of zeros that no page
+        and no base byte can fill (past base_limit) go in as holes, unread and unstored."""
+        limit = o.base_limit if o.inode.content != NULL_SCORE else 0
+        while a < b:
+            if check is not None:
+                check()
+            stop = min(b, a + _FEED)
+            if a >= limit:
+                i = bisect.bisect_left(pages, a // PAGE_SIZE)
+                if i == len(pages) or pages[i] != a // PAGE_SIZE:
+                    hole_end = min(b, pages[i] * PAGE_SIZE) if i < len(pages) else b
+                    if hole_end - a >= PAGE_SIZE:
+                        w.write_hole(hole_end - a)
+                        a = hole_end
+                        continue
+            w.write(self.read(txn, ino, o, a, stop - a))
+            a = stop
+
+
+def _touched(pages: list[int], a: int, b: int) -> bool:
+    """Does any overlay page overlap the byte range [a, b)?"""
+    i = bisect.bisect_left(pages, a // PAGE_SIZE)
+    return i < len(pages) and pages[i] * PAGE_SIZE < b
+
+
+@dataclass
+class SaveWindow:
+    """What the engine remembers, in memory, while a save runs (spawn.save.SaveJob).
+
+    The overlay's generation stamps say which records changed after the snapshot at ``gen``;
+    they cannot say how far a file was truncated after it (its base bytes beyond that must
+    read as zeros over the new base too), or that a file's content was spilled after it (its
+    overlay record then names a newer tree than the snapshot's, to be kept as it is). A crash
+    loses the window, and with it the save, which is all it is needed for.
+    """
+
+    gen: int
+    truncated: dict[int, int] = field(default_factory=dict)  # ino -> smallest size after gen
+    spilled: set[int] = field(default_factory=set)
+    abort: Callable[[], None] | None = None  # how Engine.close stops the save
+
+
 class Engine:
     """One spawn's filesystem. See the module docstring."""
 
-    def __init__(self, store: BlockStore, overlay_dir: str | os.PathLike[str], base: bytes | None = None) -> None:
+    def __init__(self, store: BlockStore, overlay_dir: str | os.PathLike[str],
+                 base: bytes | None = None, *, overlay_limit: int | None = None) -> None:
+        """Open the spawn whose overlay is *overlay_dir*, or make a new one of *base*.
+
+        *overlay_limit* bounds the bytes of file data kept in the overlay (None: no bound);
+        past it, writes spill file contents into the block store (see the module docstring).
+        """
+        if overlay_limit is not None and overlay_limit <= 0:
+            raise ValueError("overlay_limit must be positive")
         self.store = store
+        self.overlay_limit = overlay_limit
         self.ov = Overlay(overlay_dir)
         with self.ov.env.begin(write=True) as txn:
             have = self.ov.get_meta(txn, b"base")
@@ -93,18 +287,34 @@ class Engine:
                 txn.put(b"base", bytes(base), db=self.ov.meta)
                 self.ov.put_u64(txn, b"ino_next", self.archive.root.ino_high)
                 self.ov.put_u64(txn, b"gen", 1)
+                self.ov.put_u64(txn, META_PAGE_BYTES, 0)
             else:
                 self.archive = Archive(store, have)
-        self._readers: dict[bytes, TreeReader] = {}
+                if self.ov.get_meta(txn, META_PAGE_BYTES) is None:  # an overlay from before
+                    self.ov.put_u64(txn, META_PAGE_BYTES, self.ov.count_page_bytes(txn))
+        self.files = FileView(store, self.ov)  # the owner thread's reader of file bytes
         self._dirs: dict[bytes, BTree] = {}
         self._open: dict[int, int] = {}  # ino -> open count (opens do not survive a restart)
+        self.saving: SaveWindow | None = None  # set while a save runs (spawn.save)
+        self._spill_retry_at: int | None = None
         self._purge_orphans()
 
     @property
     def base(self) -> Score:
         return self.archive.score
 
+    @property
+    def overlay_bytes(self) -> int:
+        """Bytes of file data (pages) in the overlay, as last committed. Safe to read from
+        any thread (a read transaction of its own), e.g. for a status display."""
+        with self.ov.env.begin() as txn:
+            return self.ov.get_u64(txn, META_PAGE_BYTES)
+
     def close(self) -> None:
+        """Close the overlay; a save still running is aborted first (spawn.save)."""
+        if self.saving is not None and self.saving.abort is not None:
+            self.saving.abort()
+        self.saving = None
         self.ov.env.sync(True)
         self.ov.close()
 
@@ -186,16 +396,21 @@ class Engine:
             if od.ino is not None:
                 yield name, od.ino
 
-    def _set_dirent(self, txn, dir_ino: int, d: OInode, name: bytes, ino: int | None, mode: int = 0) -> None:
+    def _set_dirent(self, txn, dir_ino: int, d: OInode, name: bytes, ino: int | None,
+                    mode: int = 0) -> None:
         key = dirent_key(dir_ino, name)
-        if ino is None:
-            t = self._base_dir(d)
-            if t is not None and t.get(name) is not None:
-                txn.put(key, encode_dirent(ODirent(self._gen(txn), None)), db=self.ov.dirents)
-            else:
-                txn.delete(key, db=self.ov.dirents)
+        gen = self._gen(txn)
+        if ino is not None:
+            dtype = stat.S_IFMT(mode) >> 12
+            txn.put(key, encode_dirent(ODirent(gen, ino, dtype)), db=self.ov.dirents)
+            return
+        t = self._base_dir(d)
+        # While a save runs, the name may be in the snapshot (made before it) though not in
+        # the old base: the new base will hold it, so only a whiteout keeps it gone.
+        if self.saving is not None or (t is not None and t.get(name) is not None):
+            txn.put(key, encode_dirent(ODirent(gen, None)), db=self.ov.dirents)
         else:
-            txn.put(key, encode_dirent(ODirent(self._gen(txn), ino, stat.S_IFMT(mode) >> 12)), db=self.ov.dirents)
+            txn.delete(key, db=self.ov.dirents)
 
     def _gen(self, txn) -> int:
         return self.ov.get_u64(txn, b"gen", 1)
@@ -309,13 +524,25 @@ class Engine:
 
     def _drop_inode(self, txn, ino: int, o: OInode) -> None:
         """The last name is gone: delete the inode and its pages."""
+        self._delete_pages(txn, ino)
+        self._put(txn, ino, OInode(o.inode, 0, FLAG_DELETED, self._gen(txn)))
+
+    def _delete_pages(self, txn, ino: int) -> None:
         cur = txn.cursor(db=self.ov.pages)
         prefix = ino_bytes(ino)
+        freed = 0
         if cur.set_range(prefix):
             while cur.key().startswith(prefix):
+                freed += len(cur.value()) - 8
                 if not cur.delete():
                     break
-        self._put(txn, ino, OInode(o.inode, 0, FLAG_DELETED, self._gen(txn)))
+        self._count_pages(txn, -freed)
+
+    def _count_pages(self, txn, delta: int) -> None:
+        """Keep the overlay's page-byte count (meta page_bytes) in the same transaction."""
+        if delta:
+            have = self.ov.get_u64(txn, META_PAGE_BYTES)
+            self.ov.put_u64(txn, META_PAGE_BYTES, max(0, have + delta))
 
     def open(self, ino: int, *, truncate: bool = False) -> Attr:
         """Count an open file handle, so that unlinking it keeps its data until release.
@@ -471,35 +698,6 @@ class Engine:
 
     # -- contents ----------------------------------------------------------------------
 
-    def _reader(self, score: Score) -> TreeReader:
-        r = self._readers.get(score)
-        if r is None:
-            r = TreeReader(self.store, score)
-            if len(self._readers) > 256:
-                self._readers.clear()
-            self._readers[score] = r
-        return r
-
-    def _base_bytes(self, o: OInode, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the base content, zeros past base_limit."""
-        lim = min(end, o.base_limit)
-        data = b""
-        if start < lim and o.inode.content != NULL_SCORE:
-            data = self._reader(o.inode.content).read(start, lim - start)
-        return data + bytes(end - start - len(data))
-
-    def _page(self, txn, ino: int, o: OInode, page: int) -> bytes:
-        """The page's current bytes (up to the file size)."""
-        start = page * PAGE_SIZE
-        end = min(start + PAGE_SIZE, o.inode.size)
-        if end <= start:
-            return b""
-        v = txn.get(page_key(ino, page), db=self.ov.pages)
-        if v is not None:
-            data = v[8:]
-            return data + bytes(end - start - len(data))
-        return self._base_bytes(o, start, end)
-
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.ov.env.begin() as txn:
             o = self._need(txn, ino)
@@ -507,37 +705,7 @@ class Engine:
                 raise _err(errno.EISDIR)
             if not o.inode.is_reg():
                 raise _err(errno.EINVAL)
-            end = min(o.inode.size, offset + size)
-            if offset >= end:
-                return b""
-            # Overlay pages in the range, then base bytes for the gaps between them, each gap
-            # read from the hash tree in one go (a leaf is fetched once, not once per page).
-            first, last = offset // PAGE_SIZE, (end - 1) // PAGE_SIZE
-            pages: dict[int, bytes] = {}
-            cur = txn.cursor(db=self.ov.pages)
-            prefix = ino_bytes(ino)
-            if cur.set_range(page_key(ino, first)):
-                for k, v in cur:
-                    pg = int.from_bytes(k[8:], "big")
-                    if not k.startswith(prefix) or pg > last:
-                        break
-                    pages[pg] = v[8:]
-            out = []
-            pos = offset
-            while pos < end:
-                page = pos // PAGE_SIZE
-                p0 = page * PAGE_SIZE
-                if page in pages:
-                    stop = min(end, p0 + PAGE_SIZE)
-                    data = pages[page]
-                    piece = data[pos - p0 : stop - p0]
-                    out.append(piece + bytes(stop - pos - len(piece)))
-                else:
-                    nxt = min((p for p in pages if p > page), default=None)
-                    stop = min(end, nxt * PAGE_SIZE) if nxt is not None else end
-                    out.append(self._base_bytes(o, pos, stop))
-                pos = stop
-            return b"".join(out)
+            return self.files.read(txn, ino, o, offset, size)
 
     def write(self, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
         with self.ov.env.begin(write=True) as txn:
@@ -554,38 +722,52 @@ class Engine:
             new_size = max(o.inode.size, end)
             gen = self._gen(txn).to_bytes(8, "big")
             pos = offset
+            grown = 0
             while pos < end:
                 page = pos // PAGE_SIZE
                 p0 = page * PAGE_SIZE
-                cur = bytearray(self._page(txn, ino, o, page))
+                key = page_key(ino, page)
+                stored = txn.get(key, db=self.ov.pages)
+                cur = bytearray(self.files.page_from(stored, o, page))
                 a, b = pos - p0, min(end, p0 + PAGE_SIZE) - p0
                 if len(cur) < b:
                     cur += bytes(b - len(cur))
                 cur[a:b] = data[pos - offset : pos - offset + (b - a)]
-                txn.put(page_key(ino, page), gen + bytes(cur), db=self.ov.pages)
+                txn.put(key, gen + bytes(cur), db=self.ov.pages)
+                grown += len(cur) - (len(stored) - 8 if stored is not None else 0)
                 pos = p0 + b
+            self._count_pages(txn, grown)
             self._touch(txn, ino, o, size=new_size)
-            return len(data)
+        self._maybe_spill()
+        return len(data)
 
     def _truncate(self, txn, ino: int, o: OInode, size: int) -> OInode:
         if size < 0:
             raise _err(errno.EINVAL)
         if not o.inode.is_reg():
             raise _err(errno.EISDIR if o.inode.is_dir() else errno.EINVAL)
+        if self.saving is not None:
+            t = self.saving.truncated
+            t[ino] = min(t.get(ino, size), size)
         if size < o.inode.size:
             last = size // PAGE_SIZE
             cur = txn.cursor(db=self.ov.pages)
+            freed = 0
             if cur.set_range(page_key(ino, last)):
                 while cur.key()[:8] == ino_bytes(ino):
                     pg = int.from_bytes(cur.key()[8:], "big")
+                    v = cur.value()
                     if pg == last and size % PAGE_SIZE:
-                        v = cur.value()
                         keep = v[: 8 + size % PAGE_SIZE]
+                        freed += len(v) - len(keep)
                         cur.put(cur.key(), keep)
                         if not cur.next():
                             break
-                    elif not cur.delete():
+                        continue
+                    freed += len(v) - 8
+                    if not cur.delete():
                         break
+            self._count_pages(txn, -freed)
         limit = min(o.base_limit, size)
         return OInode(o.inode, limit, o.flags, o.gen)
 
@@ -609,6 +791,74 @@ class Engine:
                 kw["mtime_ns"] = mtime_ns
             o = self._touch(txn, ino, o, m=size is not None and mtime_ns is None, **kw)
             return _attr(ino, o.inode)
+
+    # -- spilling to the block store ---------------------------------------------------
+
+    def _maybe_spill(self) -> None:
+        """After a write: if the overlay holds more page bytes than its limit, spill.
+
+        The write has committed whatever happens here, so no failure may reach the client
+        as the write's: if the store fails (disk full), the data simply stays in the overlay
+        and the write still succeeds; the next attempt waits until another quarter of the
+        limit has been written, so a failing store does not cost a tree write per write.
+        """
+        limit = self.overlay_limit
+        if limit is None:
+            return
+        used = self.overlay_bytes
+        if used <= limit or (self._spill_retry_at is not None and used <= self._spill_retry_at):
+            return
+        try:
+            self.spill(limit - limit // 4)
+        except Exception as exc:
+            expected = isinstance(exc, (StoreError, OSError))
+            log.warning("spawn overlay over its limit (%d > %d bytes); spill failed: %s",
+                        used, limit, exc, exc_info=not expected)
+            self._spill_retry_at = used + limit // 4
+        else:
+            self._spill_retry_at = None
+
+    def spill(self, target: int = 0) -> int:
+        """Move file contents from the overlay into the block store, largest files first,
+        until at most *target* page bytes remain; return the bytes moved.
+
+        Each spilled file becomes a hash tree (spliced over its old content, so only what the
+        pages hold is chunked and stored), which its overlay record then names with
+        ``base_limit`` = its size; its pages go. The store is synced before the overlay
+        transaction commits, so the overlay never names a tree that a crash could lose.
+        During a save the spilled files are noted in the save window: their records then
+        carry content newer than the snapshot, which the rebase keeps as it is.
+        """
+        per_file: dict[bytes, int] = {}
+        with self.ov.env.begin(buffers=True) as txn:
+            for k, v in txn.cursor(db=self.ov.pages):
+                key = bytes(k[:8])
+                per_file[key] = per_file.get(key, 0) + len(v) - 8
+        used = sum(per_file.values())
+        if used <= target:
+            return 0
+        order = sorted(per_file.items(), key=lambda kv: (-kv[1], kv[0]))
+        moved = 0
+        with self.ov.env.begin(write=True) as txn:
+            gen = self._gen(txn)
+            spilled = []
+            for key, n in order:
+                if used - moved <= target:
+                    break
+                ino = int.from_bytes(key, "big")
+                o = self._get(txn, ino)
+                if o is None or not o.inode.is_reg():
+                    continue  # not reachable: pages belong to live regular files
+                tree = self.files.tree(txn, ino, o)
+                self._put(txn, ino, OInode(replace(o.inode, content=tree), o.inode.size,
+                                           o.flags, gen))
+                self._delete_pages(txn, ino)
+                spilled.append(ino)
+                moved += n
+            self.store.sync()
+        if self.saving is not None:
+            self.saving.spilled.update(spilled)
+        return moved
 
     # -- xattrs ------------------------------------------------------------------------
 

@@ -4,17 +4,21 @@ The base archive is read-only and shared; everything a spawn changes lives here,
 killed and restarted finds every spawn as its last committed transaction left it::
 
     meta     b"base" -> root score the spawn is based on; b"ino_next" -> u64 next inode
-             number (never reused in the spawn's life); b"gen" -> u64 change generation
+             number (never reused in the spawn's life); b"gen" -> u64 change generation;
+             b"page_bytes" -> u64 bytes of page data in ``pages`` (kept in the same
+             transactions as the pages; what ``overlay_limit`` bounds)
     inodes   u64 ino -> changed inode: u64 gen | u64 base_limit | u8 flags | inode record
     dirents  u64 dir ino | name -> u64 gen | u8 0 (whiteout: the base name is gone)
                                    u64 gen | u8 1 | u64 ino | u8 d_type
     pages    u64 ino | u64 page -> u64 gen | bytes (the page's data, at most PAGE_SIZE)
 
 A changed file's content is its base hash tree for bytes below ``base_limit`` (lowered by
-truncation, so re-extended bytes read as zeros), overlaid by whole pages. Every change is
-stamped with the generation current when it was made: a save snapshots the overlay at
-generation G (an LMDB read transaction, while writers go on), writes the new archive, then
-drops from the overlay what was at or below G, which the new base now holds.
+truncation, so re-extended bytes read as zeros), overlaid by whole pages. The base tree is
+the archive's, or one the spawn wrote itself: a spill (overlay over its limit) or a rebase
+points the inode record at a newer tree. Every change is stamped with the generation current
+when it was made: a save snapshots the overlay at generation G (an LMDB read transaction,
+while writers go on; later changes carry G + 1), writes the new archive, then drops from the
+overlay what was at or below G, which the new base now holds (spawn.save has the rules).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from spawn.fsformat import Inode, decode_inode, encode_inode
 from store.score import NULL_SCORE, Score
 
 PAGE_SIZE = 64 << 10
+META_PAGE_BYTES = b"page_bytes"
 _U64 = struct.Struct(">Q")
 _IHEAD = struct.Struct(">QQB")
 _DHEAD = struct.Struct(">QB")
@@ -99,7 +104,9 @@ def decode_odirent(buf: bytes) -> ODirent:
 
 
 class Overlay:
-    """The LMDB environment of one spawn. Not thread-safe: the engine's one thread owns it."""
+    """The LMDB environment of one spawn. The engine's owner thread makes every change; other
+    threads only read, each through a transaction of its own (a running save's snapshot, a
+    status display's page count), which LMDB allows (py-lmdb opens with MDB_NOTLS)."""
 
     def __init__(self, path: str | Path, *, map_size: int = 1 << 34) -> None:
         self.path = Path(path)
@@ -122,3 +129,11 @@ class Overlay:
 
     def put_u64(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
         txn.put(key, _U64.pack(value), db=self.meta)
+
+    def count_page_bytes(self, txn: lmdb.Transaction) -> int:
+        """Bytes of page data, counted by walking the pages (the meta count's ground truth:
+        used once for overlays written before the count existed, and by tests)."""
+        total = 0
+        for _k, v in txn.cursor(db=self.pages):
+            total += len(v) - 8
+        return total

@@ -4,6 +4,12 @@ A hypothesis state machine applies each operation to the engine and to a plain t
 directory (the model: the kernel's own filesystem), and compares outcomes (success or the
 errno) and then the whole visible state: names, types, sizes, contents, link counts, modes,
 symlink targets. Closing and reopening the engine (a daemon restart) is one of the steps.
+
+Saves are steps too, and so are the three phases of a concurrent save (spawn.save.SaveJob:
+snapshot, write, finish, or abort), with other operations between them: at the finish the
+saved root, spawned afresh, must show exactly the model as it was at the snapshot, and the
+live spawn the model as it is now. A variant runs with a small ``overlay_limit``, so that
+spilling file contents into the store is exercised against the same model.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import tempfile
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from spawn.engine import Engine
 from spawn.importer import Importer
-from spawn.save import save
+from spawn.save import SaveBusy, SaveJob, save
 from store.memory import MemoryStore
 
 NAMES = st.sampled_from([b"a", b"b", b"c", b"d1", b"d2"])
@@ -37,6 +43,8 @@ def _outcome(fn):
 
 
 class EngineVsDisk(RuleBasedStateMachine):
+    overlay_limit: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="grid-model-")
@@ -53,11 +61,17 @@ class EngineVsDisk(RuleBasedStateMachine):
         root = Importer(self.store).run(base)
         self.spawns = 0
         self.ovdir = os.path.join(self.tmp, "overlay")
-        self.e = Engine(self.store, self.ovdir, root)
+        self.e = Engine(self.store, self.ovdir, root, overlay_limit=self.overlay_limit)
+        self.job: SaveJob | None = None
+        self.job_model: dict | None = None  # the model's tree at the job's snapshot
+        self.job_inos: dict | None = None
 
     def teardown(self) -> None:
         self.e.close()
         shutil.rmtree(self.tmp)
+
+    def engine(self, base=None, ovdir=None) -> Engine:
+        return Engine(self.store, ovdir or self.ovdir, base, overlay_limit=self.overlay_limit)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -233,10 +247,17 @@ class EngineVsDisk(RuleBasedStateMachine):
     def save_snapshot(self):
         """Save: the spawn goes on over the new root; nothing visible changes."""
         inos = self.inos()
+        if self.job is not None:  # one save at a time
+            try:
+                save(self.e, name="model", user="root")
+            except SaveBusy:
+                return
+            raise AssertionError("a second save was not refused")
         self.root = save(self.e, name="model", user="root")
         assert self.inos() == inos
 
     @rule()
+    @precondition(lambda self: self.job is None)
     def save_and_respawn(self):
         """Save, then spawn the saved root afresh: the same tree, the same inode numbers."""
         inos = self.inos()
@@ -244,14 +265,53 @@ class EngineVsDisk(RuleBasedStateMachine):
         self.e.close()
         self.spawns += 1
         self.ovdir = os.path.join(self.tmp, f"overlay{self.spawns}")
-        self.e = Engine(self.store, self.ovdir, root)
+        self.e = self.engine(root)
         assert self.inos() == inos
 
-    def inos(self) -> dict[bytes, int]:
+    @rule()
+    @precondition(lambda self: self.job is None)
+    def save_begin(self):
+        """A concurrent save's snapshot: what the saved root must show, whatever comes next."""
+        self.job = SaveJob(self.e, name="model", user="root")
+        self.job.snapshot()
+        self.job_model = self.walk_model(self.mpath(b""), b"")
+        self.job_inos = self.inos()
+
+    @rule()
+    @precondition(lambda self: self.job is not None and self.job.state == "snapshot")
+    def save_write(self):
+        assert self.job is not None
+        self.job.write()
+
+    @rule()
+    @precondition(lambda self: self.job is not None and self.job.state == "written")
+    def save_finish(self):
+        """Rebase: the live tree is checked by the invariant; the saved root, spawned
+        afresh, must be the model at the snapshot, with the same inode numbers."""
+        assert self.job is not None
+        root = self.job.finish()
+        self.job = None
+        self.spawns += 1
+        fresh = self.engine(root, os.path.join(self.tmp, f"overlay{self.spawns}"))
+        try:
+            assert self.walk_engine(fresh, 1, b"") == self.job_model
+            assert self.inos(fresh) == self.job_inos
+        finally:
+            fresh.close()
+
+    @rule()
+    @precondition(lambda self: self.job is not None)
+    def save_abort(self):
+        assert self.job is not None
+        self.job.abort()
+        self.job = None
+
+    def inos(self, e: Engine | None = None) -> dict[bytes, int]:
+        e = e or self.e
         out = {}
 
         def walk(ino, rel):
-            for name, a in self.e.readdir(ino):
+            for name, a in e.readdir(ino):
                 p = rel + b"/" + name if rel else name
                 out[p] = a.ino
                 if stat.S_ISDIR(a.mode):
@@ -261,44 +321,61 @@ class EngineVsDisk(RuleBasedStateMachine):
         return out
 
     @rule()
+    def spill_all(self):
+        """Move every file's pages into the store (what a full overlay does to the largest)."""
+        self.e.spill(0)
+        assert self.e.overlay_bytes == 0
+
+    @rule()
     def restart(self):
-        """The daemon dies and comes back: the overlay is all there is."""
+        """The daemon dies and comes back: the overlay is all there is (a save that was
+        running is lost with the process; the spawn is as if it had never started)."""
         self.e.close()
-        self.e = Engine(self.store, self.ovdir)
+        self.job = None
+        self.e = self.engine()
 
     # -- the comparison --------------------------------------------------------------------
 
     @invariant()
     def same_tree(self):
-        def walk_engine(ino, rel):
-            out = {}
-            for name, a in self.e.readdir(ino):
-                p = rel + b"/" + name if rel else name
-                out[p] = self._desc_engine(a)
-                if stat.S_ISDIR(a.mode):
-                    out.update(walk_engine(a.ino, p))
-            return out
+        assert self.walk_engine(self.e, 1, b"") == self.walk_model(self.mpath(b""), b"")
 
-        def walk_model(path, rel):
-            out = {}
-            for name in sorted(os.listdir(path)):
-                p = rel + b"/" + name if rel else name
-                full = os.path.join(path, name)
-                st_ = os.lstat(full)
-                out[p] = self._desc_model(full, st_)
-                if stat.S_ISDIR(st_.st_mode):
-                    out.update(walk_model(full, p))
-            return out
+    @invariant()
+    def overlay_bounded(self):
+        """The page-byte count is exact, and within the limit after every step (a write that
+        passes the limit spills before it returns)."""
+        with self.e.ov.env.begin() as txn:
+            assert self.e.overlay_bytes == self.e.ov.count_page_bytes(txn)
+        if self.overlay_limit is not None:
+            assert self.e.overlay_bytes <= self.overlay_limit
 
-        assert walk_engine(1, b"") == walk_model(self.mpath(b""), b"")
+    def walk_engine(self, e: Engine, ino: int, rel: bytes) -> dict:
+        out = {}
+        for name, a in e.readdir(ino):
+            p = rel + b"/" + name if rel else name
+            out[p] = self._desc_engine(e, a)
+            if stat.S_ISDIR(a.mode):
+                out.update(self.walk_engine(e, a.ino, p))
+        return out
 
-    def _desc_engine(self, a):
+    def walk_model(self, path: bytes, rel: bytes) -> dict:
+        out = {}
+        for name in sorted(os.listdir(path)):
+            p = rel + b"/" + name if rel else name
+            full = os.path.join(path, name)
+            st_ = os.lstat(full)
+            out[p] = self._desc_model(full, st_)
+            if stat.S_ISDIR(st_.st_mode):
+                out.update(self.walk_model(full, p))
+        return out
+
+    def _desc_engine(self, e: Engine, a):
         d = {"mode": a.mode, "nlink": a.nlink}
         if stat.S_ISREG(a.mode):
             d["size"] = a.size
-            d["data"] = self.e.read(a.ino, 0, a.size + 10)
+            d["data"] = e.read(a.ino, 0, a.size + 10)
         elif stat.S_ISLNK(a.mode):
-            d["target"] = self.e.readlink(a.ino)
+            d["target"] = e.readlink(a.ino)
         return d
 
     def _desc_model(self, full, st_):
@@ -317,3 +394,17 @@ EngineVsDisk.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestEngineVsDisk = EngineVsDisk.TestCase
+
+
+class EngineVsDiskSpilling(EngineVsDisk):
+    """The same, with an overlay of at most 4 KiB of pages, so that nearly every write spills
+    a file to the store, during concurrent saves too."""
+
+    overlay_limit = 4 << 10
+
+
+EngineVsDiskSpilling.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestEngineVsDiskSpilling = EngineVsDiskSpilling.TestCase

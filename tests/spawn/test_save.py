@@ -1,8 +1,13 @@
-"""Save writes what changed: spliced hash trees, correct bytes around every kind of change."""
+"""Save writes what changed: spliced hash trees, correct bytes around every kind of change.
+
+(Saving while clients write is tested in test_save_concurrent.py, spilling in test_spill.py.)
+"""
 
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from spawn.archive import Archive
 from spawn.engine import Engine
@@ -65,3 +70,54 @@ def test_save_of_unchanged_spawn_reuses_everything(tmp_path):
     new = save(e, name="same", time_ns=123)
     assert store.statistics().blocks - before == 1  # only the new root block
     assert Archive(store, new).root.inode_table == Archive(store, root).root.inode_table
+
+
+def test_owner_runs_the_short_steps_and_the_caller_writes_the_blocks(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(200_000))
+    store = MemoryStore()
+    e = Engine(store, tmp_path / "ov", Importer(store).run(src))
+    e.write(e.lookup(1, b"f").ino, 0, os.urandom(150_000))
+    ex = ThreadPoolExecutor(max_workers=1)
+    owner_thread = ex.submit(threading.current_thread).result()
+    on_owner: list[str] = []
+    putters: set[threading.Thread] = set()
+    real_put = store.put
+
+    def put(btype, data):
+        putters.add(threading.current_thread())
+        return real_put(btype, data)
+
+    store.put = put  # type: ignore[method-assign]
+
+    def owner(fn):
+        def run():
+            on_owner.append(fn.__name__)
+            return fn()
+
+        return ex.submit(run).result()
+
+    root = save(e, name="o", owner=owner)
+    ex.shutdown()
+    assert on_owner == ["snapshot", "finish"]
+    assert putters == {threading.current_thread()} and owner_thread not in putters
+    assert e.base == root and e.saving is None
+
+
+def test_sparse_extension_is_saved_as_a_hole(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"head")
+    store = MemoryStore()
+    e = Engine(store, tmp_path / "ov", Importer(store).run(src))
+    ino = e.lookup(1, b"f").ino
+    e.setattr(ino, size=1 << 30)  # a GiB of zeros nobody wrote
+    e.write(ino, 512 << 20, b"middle")
+    before = store.statistics().logical_bytes
+    new = save(e)
+    assert store.statistics().logical_bytes - before < 200_000  # no GiB fed to the chunker
+    r = Archive(store, new).open(Archive(store, new).resolve("f"))
+    assert r.size == 1 << 30
+    assert r.read(0, 8) == b"head" + bytes(4)
+    assert r.read((512 << 20) - 2, 10) == bytes(2) + b"middle" + bytes(2)
