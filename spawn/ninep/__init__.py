@@ -1,8 +1,8 @@
 """9P for grid: a sans-IO codec for 9P2000, 9P2000.u and 9P2000.L (docs/9p.md).
 
 ``messages`` holds the typed messages, records and constants; ``codec`` turns them into
-bytes and back, splits a byte stream into frames and packs directory data. The server and
-client that use them come later, as thin asyncio glue over this codec.
+bytes and back, splits a byte stream into frames and packs directory data. ``server`` and
+``client`` are the asyncio glue over this codec (docs/9p.md, "Server").
 """
 
 from spawn.ninep.codec import (
