@@ -184,20 +184,18 @@ def run_stop(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from grid.daemon.client import connect
+    from grid.daemon.client import connect, socket_path
 
-    c = connect(_home(args), start=False)
+    home = _home(args)
+    c = connect(home, start=False)
     pid = _ask(c, "stop")["pid"]
     c.close()
-    for _ in range(300):  # the socket goes away when it has shut down
-        try:
-            import os
+    # Done when the daemon has removed its socket (the last step of its shutdown); waiting on
+    # the pid would wait for ever on a daemon that is our own unreaped child.
+    import os
 
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        except PermissionError:
-            break
+    deadline = time.monotonic() + 120
+    while os.path.exists(socket_path(home)) and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"grid: stopped the node daemon (pid {pid})", file=sys.stderr)
     return 0
@@ -206,9 +204,25 @@ def run_stop(args: argparse.Namespace) -> int:
 # -- spawn, spawns -----------------------------------------------------------------------------
 
 
+def _check_mountpoint(what: str, directory: str) -> str:
+    """The absolute mount point, or a clear error before anything is made."""
+    import os
+
+    from grid.errors import UserError
+
+    mnt = os.path.abspath(directory)
+    if not os.path.isdir(mnt):
+        raise UserError(what, "not a directory" if os.path.exists(mnt) else "no such directory")
+    if mnt in _grid_mounts():
+        raise UserError(what, f"a spawn is mounted there already (grid unmount {directory})")
+    return mnt
+
+
 def run_spawn(args: argparse.Namespace) -> int:
     import json
 
+    if args.mount:
+        _check_mountpoint(f"spawn {args.ref} --mount {args.mount}", args.mount)
     with _client(args) as c:
         d = _ask(c, "spawn", args.ref)
     if args.mount:
@@ -282,12 +296,8 @@ def _mount(args: argparse.Namespace, sid: str, directory: str) -> int:
     from grid.daemon.client import socket_path
     from grid.errors import UserError
 
-    mnt = os.path.abspath(directory)
     what = f"mount {sid} {directory}"
-    if not os.path.isdir(mnt):
-        raise UserError(what, "not a directory" if os.path.exists(mnt) else "no such directory")
-    if mnt in _grid_mounts():
-        raise UserError(what, f"a spawn is mounted there already (grid unmount {directory})")
+    mnt = _check_mountpoint(what, directory)
     logdir = platformdirs.user_log_dir("grid")
     os.makedirs(logdir, exist_ok=True)
     log = os.path.join(logdir, f"mount-{sid}.log")

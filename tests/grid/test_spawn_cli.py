@@ -144,7 +144,9 @@ def test_kill_asks_unless_forced_and_ends_the_mounts(node: Node) -> None:
 def test_bad_requests_change_nothing(node: Node) -> None:
     p = node.grid("spawn", "nosuchname", check=False)
     assert p.returncode == 1 and "no such name" in p.stderr
-    assert json.loads(node.grid("spawns", "--json").stdout) == []
+    p = node.grid("spawn", "proj", "--mount", str(node.base / "missing"), check=False)
+    assert p.returncode == 1 and "no such directory" in p.stderr
+    assert json.loads(node.grid("spawns", "--json").stdout) == []  # neither made a spawn
 
     sid = _spawn(node, "proj")
     p = node.grid("mount", sid, str(node.base / "missing"), check=False)
