@@ -360,6 +360,28 @@ class GridFS(pyfuse3.Operations):
         await self._call("removexattr", inode, name)
 
 
+async def invalidate(items: Sequence[Sequence[Any]]) -> None:
+    """Make the kernel forget what another client of the spawn changed (the daemon names
+    it: spawn.vfsrpc.touched), so that a mount with non-zero cache timeouts stays coherent.
+    ``["i", ino]`` drops an inode's attributes and cached pages, ``["e", parent, name]`` a
+    cached name or negative entry. The kernel calls may block on locks held by requests in
+    progress, so they run on a thread, never in a request handler (pyfuse3's rule);
+    ENOENT means the kernel had nothing cached, which is fine."""
+
+    def run() -> None:
+        for item in items:
+            try:
+                if item[0] == "i":
+                    pyfuse3.invalidate_inode(item[1], attr_only=False)
+                elif item[0] == "e":
+                    pyfuse3.invalidate_entry(item[1], item[2])
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    log.debug("invalidate %s: %s", item, e)
+
+    await asyncio.to_thread(run)
+
+
 def _mount_device(mountpoint: str | os.PathLike[str]) -> str | None:
     """'major:minor' of the mount at *mountpoint*, from /proc/self/mountinfo: a stat of the
     mountpoint would ask this very process, whose FUSE loop may not be running yet."""

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 
 from spawn.engine import Engine
-from spawn.fuse import MOUNT_OPTIONS, TIMEOUT, serve
+from spawn.fuse import MOUNT_OPTIONS, TIMEOUT, invalidate, serve
 from spawn.vfsrpc import RemoteLink
 from store.errors import BadScore, StoreError
 from store.local import LocalStore
@@ -46,8 +46,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log", metavar="FILE", help="where output goes once mounted")
     p.add_argument("--base", help="root score (blake3:HEX) of a new spawn")
     p.add_argument("--owner", type=int, default=os.getuid(), help="uid that may use the mount (and root)")
-    p.add_argument("--timeout", type=float, default=TIMEOUT,
-                   help="kernel entry/attribute cache timeout, seconds (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"kernel entry/attribute cache timeout, seconds (default {REMOTE_TIMEOUT:g} "
+                        f"with --connect, where the daemon invalidates what other clients "
+                        f"change; else {TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     if a.connect:
@@ -59,6 +61,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
             p.error("STORE_DIR OVERLAY_DIR MOUNTPOINT, or --connect SOCKET --spawn ID MOUNTPOINT")
         a.store, a.overlay, a.mountpoint = a.paths
     return a
+
+
+#: Cache timeout of a mount attached to the daemon: other clients' changes are invalidated
+#: as they happen, so this only bounds how long a missed invalidation could mislead.
+REMOTE_TIMEOUT = 10.0
 
 
 def _ready(log: str | None) -> Callable[[], None]:
@@ -96,7 +103,7 @@ async def _run_remote(a: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, task.cancel)
     mnt = os.path.abspath(a.mountpoint)
     link = RemoteLink(a.connect, a.spawn, mountpoint=mnt, grace=a.grace,
-                      on_lost=lambda why: task.cancel())
+                      on_lost=lambda why: task.cancel(), on_invalidate=invalidate)
     try:
         info = await link.connect()
     except OSError as e:
@@ -104,7 +111,8 @@ async def _run_remote(a: argparse.Namespace) -> int:
         return 1
     options = MOUNT_OPTIONS if _may_allow_other() else tuple(o for o in MOUNT_OPTIONS if o != "allow_other")
     try:
-        await serve(link, mnt, int(info["uid"]), ready=_ready(a.log), options=options, timeout=a.timeout)
+        timeout = REMOTE_TIMEOUT if a.timeout is None else a.timeout
+        await serve(link, mnt, int(info["uid"]), ready=_ready(a.log), options=options, timeout=timeout)
     except asyncio.CancelledError:
         pass  # a signal, or the daemon is gone: serve has unmounted
     finally:
@@ -120,7 +128,8 @@ async def _run(engine: Engine, a: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, task.cancel)
 
     try:
-        await serve(engine, a.mountpoint, a.owner, ready=_ready(a.log), timeout=a.timeout)
+        await serve(engine, a.mountpoint, a.owner, ready=_ready(a.log),
+                    timeout=TIMEOUT if a.timeout is None else a.timeout)
     except asyncio.CancelledError:
         pass  # a signal: serve has unmounted
 

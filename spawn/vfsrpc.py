@@ -28,7 +28,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -119,6 +119,46 @@ def parse_request(msg: Any) -> tuple[int, str, list[Any], dict[str, Any]]:
     return msg[0], msg[1], msg[2], msg[3]
 
 
+ACK_TIMEOUT = 1.0  # seconds a change waits for other mounts to drop their cached copies
+
+
+async def _lookup_ino(link: EngineLink, parent: int, name: bytes) -> int | None:
+    try:
+        return (await link.call("lookup", parent, name)).ino
+    except Exception:
+        return None
+
+
+async def touched_before(link: EngineLink, op: str, args: list[Any]) -> list[int]:
+    """Inodes an operation will change that its arguments do not name: the file a name
+    points at before unlink, rmdir or rename takes it away (its link count changes)."""
+    try:
+        if op in ("unlink", "rmdir"):
+            ino = await _lookup_ino(link, args[0], args[1])
+            return [ino] if ino is not None else []
+        if op == "rename":
+            out = [await _lookup_ino(link, args[0], args[1]), await _lookup_ino(link, args[2], args[3])]
+            return [i for i in out if i is not None]
+    except (IndexError, TypeError):
+        pass
+    return []
+
+
+def touched(op: str, args: list[Any], kw: dict[str, Any], value: Any, before: list[int]) -> list[list[Any]]:
+    """What other clients must forget after *op* succeeded: ``["i", ino]`` (attributes and
+    cached data of an inode) and ``["e", parent, name]`` (a name, or its absence)."""
+    items: list[list[Any]] = [["i", i] for i in before]
+    if op in ("write", "setattr", "setxattr", "removexattr") or (op == "open" and kw.get("truncate")):
+        items.append(["i", args[0]])
+    elif op in ("create", "mkdir", "mknod", "symlink", "unlink", "rmdir"):
+        items += [["e", args[0], args[1]], ["i", args[0]]]
+    elif op == "link":
+        items += [["e", args[1], args[2]], ["i", args[1]], ["i", args[0]]]
+    elif op == "rename":
+        items += [["e", args[0], args[1]], ["e", args[2], args[3]], ["i", args[0]], ["i", args[2]]]
+    return items
+
+
 def error_of(exc: BaseException) -> tuple[int, str]:
     """(errno, message) for a reply: OSErrors keep their errno, anything else is EIO."""
     if isinstance(exc, OSError) and exc.errno:
@@ -139,10 +179,15 @@ class VfsSession:
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 link: EngineLink, *, max_outstanding: int = 64) -> None:
+                 link: EngineLink, *, max_outstanding: int = 64, caching: bool = False,
+                 peers: Callable[[], Iterable[VfsSession]] = tuple) -> None:
         self.reader = reader
         self.writer = writer
         self.link = link
+        self.caching = caching  # the client caches names and attributes: tell it of changes
+        self.peers = peers  # every session of the same spawn (this one included)
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._seq = 0
         self.opened: dict[int, int] = {}
         self._slots = asyncio.Semaphore(max_outstanding)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -155,6 +200,11 @@ class VfsSession:
                 if msg is None:
                     break
                 tag, op, args, kw = parse_request(msg)
+                if op == "invalidated":  # the client has dropped what a push named
+                    fut = self._acks.pop(tag, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+                    continue
                 await self._slots.acquire()
                 t = asyncio.ensure_future(self._one(tag, op, args, kw))
                 self._tasks.add(t)
@@ -168,8 +218,16 @@ class VfsSession:
         try:
             if op not in OPS:
                 raise OSError(errno.ENOSYS, f"no operation {op!r}")
+            others = [p for p in self.peers() if p is not self and p.caching] \
+                if op not in RETRYABLE else []
+            before = await touched_before(self.link, op, args) if others else []
             value = await self.link.call(op, *args, **kw)
             self._count(op, args, kw, value)
+            if others:
+                items = touched(op, args, kw, value, before)
+                if items:  # before the reply: once it returns, nobody sees the old state
+                    await asyncio.wait([asyncio.ensure_future(p.invalidate(items)) for p in others],
+                                       timeout=ACK_TIMEOUT)
             reply: list[Any] = [tag, 0, value]
         except Exception as e:
             code, message = error_of(e)
@@ -179,6 +237,24 @@ class VfsSession:
         with contextlib.suppress(ConnectionError, RuntimeError):
             self.writer.write(encode(reply))
             await self.writer.drain()
+
+    async def invalidate(self, items: list[list[Any]]) -> None:
+        """Tell this session's client to forget *items*; return once it says it has (the
+        caller bounds the wait: a client stuck on a lock the change holds must not hold the
+        change for ever)."""
+        if self.closed.is_set():
+            return
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        seq = self._seq
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[seq] = fut
+        try:
+            self.writer.write(encode([0, "inval", seq, items]))
+            await fut
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._acks.pop(seq, None)
 
     def _count(self, op: str, args: list[Any], kw: dict[str, Any], value: Any) -> None:
         if op == "open" or (op == "create" and kw.get("open")):
@@ -219,12 +295,14 @@ class RemoteLink:
 
     def __init__(self, socket_path: str | os.PathLike[str], spawn_id: str, *,
                  mountpoint: str = "", grace: float = 60.0,
-                 on_lost: Callable[[str], object] | None = None) -> None:
+                 on_lost: Callable[[str], object] | None = None,
+                 on_invalidate: Callable[[list[list[Any]]], Awaitable[None]] | None = None) -> None:
         self.path = os.fspath(socket_path)
         self.spawn_id = spawn_id
         self.mountpoint = mountpoint
         self.grace = grace
         self.on_lost = on_lost
+        self.on_invalidate = on_invalidate  # set: the daemon tells us what others changed
         self.info: dict[str, Any] = {}
         self._tag = 0
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -234,12 +312,14 @@ class RemoteLink:
         self._lost = False
         self._reconnect: asyncio.Task[None] | None = None
         self.opened: dict[int, int] = {}  # what this mount holds open, to re-open after a restart
+        self._tasks: set[asyncio.Task[None]] = set()
         self.reconnects = 0
 
     async def connect(self) -> dict[str, Any]:
         reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_FRAME + 4)
         try:
-            writer.write(encode([0, "attach", [self.spawn_id], {"mountpoint": self.mountpoint}]))
+            writer.write(encode([0, "attach", [self.spawn_id],
+                                 {"mountpoint": self.mountpoint, "cache": self.on_invalidate is not None}]))
             await writer.drain()
             msg = await read_frame(reader)
             if msg is None:
@@ -261,6 +341,11 @@ class RemoteLink:
                 msg = await read_frame(reader)
                 if msg is None:
                     break
+                if len(msg) == 4 and msg[1] == "inval":
+                    t = asyncio.ensure_future(self._invalidate(msg[2], msg[3]))
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+                    continue
                 fut = self._pending.pop(msg[0], None)
                 if fut is not None and not fut.done():
                     if msg[1]:
@@ -314,6 +399,16 @@ class RemoteLink:
             self._give_up(f"the node daemon did not come back within {self.grace:g} s")
         finally:
             self._reconnect = None
+
+    async def _invalidate(self, seq: int, items: list[list[Any]]) -> None:
+        try:
+            if self.on_invalidate is not None:
+                await self.on_invalidate(items)
+        except Exception:
+            log.exception("invalidating %s", items)
+        finally:
+            if self._writer is not None:
+                self._writer.write(encode([seq, "invalidated", [], {}]))
 
     def _give_up(self, why: str) -> None:
         self._lost = True

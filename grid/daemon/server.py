@@ -416,7 +416,8 @@ class Daemon:
             writer.write(encode([tag, *self._error("attach", e)]))
             await writer.drain()
             return
-        session = VfsSession(reader, writer, live.link)
+        session = VfsSession(reader, writer, live.link, caching=bool(kw.get("cache")),
+                             peers=lambda: [c.session for c in live.clients])
         client = _Client(session, uid, str(kw.get("mountpoint") or ""))
         live.clients.add(client)
         info = live.info

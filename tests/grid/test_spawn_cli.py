@@ -102,10 +102,26 @@ def test_two_mounts_are_coherent_and_appends_interleave_whole(node: Node) -> Non
     b.mkdir()
     sid = _spawn(node, "proj", "--mount", str(a))
     node.grid("mount", sid, str(b))
+    assert not (b / "f").exists()  # b's kernel now holds a negative entry for f
     (a / "f").write_text("one")
-    assert (b / "f").read_text() == "one"  # at once: no cache between the mounts
+    assert (b / "f").read_text() == "one"  # at once: the daemon invalidated b's cache
+    st = os.stat(b / "f")
+    with open(a / "f", "a") as f:
+        f.write("two")
+    assert os.stat(b / "f").st_size == 6 and (b / "f").read_text() == "onetwo"
+    os.chmod(a / "f", 0o600)
+    assert os.stat(b / "f").st_mode & 0o777 == 0o600 and os.stat(b / "f").st_ino == st.st_ino
     os.rename(b / "f", b / "g")
-    assert not (a / "f").exists() and (a / "g").read_text() == "one"
+    assert not (a / "f").exists() and (a / "g").read_text() == "onetwo"
+    os.link(a / "g", a / "h")
+    assert os.stat(b / "g").st_nlink == 2
+    os.unlink(a / "h")
+    assert not (b / "h").exists() and os.stat(b / "g").st_nlink == 1
+    os.mkdir(b / "d")
+    (b / "d" / "x").write_text("x")
+    assert os.listdir(a / "d") == ["x"]
+    os.rename(a / "d" / "x", a / "d" / "y")
+    assert os.listdir(b / "d") == ["y"] and (b / "d" / "y").read_text() == "x"
 
     script = (
         "import os, sys\n"
