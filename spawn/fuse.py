@@ -12,19 +12,16 @@ Three decisions shape this module:
   runs it on that same executor. Requests stay in order of arrival and the asyncio loop
   never blocks on LMDB or on a block read.
 
-* **No kernel caching of metadata** (entry and attribute timeouts of 0). Other clients of
-  the spawn (9P sessions, SFTP) change it through the engine, behind the kernel's back; with
-  any timeout the kernel would answer ``stat`` or a path walk from stale attributes for that
-  long, and invariant 8 says a change is seen *at once*. A timeout of 0 also keeps privacy
-  exact: another user's ``stat`` is never answered from the kernel's cache without asking
-  us. File *contents* are still cached in the page cache (``keep_cache``) when the file has
-  not changed since the kernel last opened it: its ctime is the change token, and with
-  attributes always fresh the kernel drops cached pages itself when a file's mtime or size
-  moves (auto_inval_data). The price is one GETATTR round trip (~0.25 ms here) per
-  ``read(2)`` call: a warm 200 MB read streams at ~1.8 GB/s with 1 MiB reads but ~0.45 GB/s
-  with ``cat``'s 128 KiB reads (4-6 GB/s either way with a 1 s timeout). Raising the
-  timeouts safely needs the engine to tell this adapter what other clients changed, so it
-  can invalidate the kernel's entries (``pyfuse3.invalidate_inode``/``invalidate_entry``).
+* **Kernel caching, kept coherent by the daemon.** Other clients of the spawn (another
+  mount, 9P, SFTP) change it through the engine, behind this kernel's back. A mount attached
+  to the daemon therefore caches entries and attributes for a while (fuse_main's
+  REMOTE_TIMEOUT) and has the daemon tell it what other clients change, before their change
+  returns (``invalidate``; docs/daemon.md): changes are seen at once, and a cached ``stat``
+  costs microseconds instead of a round trip. Without a daemon (a LocalLink), timeouts are
+  0: nothing would tell the kernel. File *contents* are cached in the page cache
+  (``keep_cache``) when the file has not changed since the kernel last opened it: its ctime
+  is the change token, and the kernel drops cached pages itself when a file's mtime or size
+  moves (auto_inval_data).
 
 * **Privacy in one place.** Every handler that carries a request context goes through
   ``_handler``, which refuses (EACCES) a caller whose uid is neither the spawn's owner nor
