@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from spawn.archive import Archive
+from spawn.attr import Attr
 from spawn.fsformat import NAME_MAX, BadName, Inode, check_name
 from spawn.overlay import (
     FLAG_DELETED,
@@ -73,24 +74,6 @@ log = logging.getLogger(__name__)
 
 def _err(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
-
-
-@dataclass(frozen=True, slots=True)
-class Attr:
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    rdev: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @property
-    def blocks(self) -> int:
-        return (self.size + 511) // 512
 
 
 def _attr(ino: int, i: Inode) -> Attr:

@@ -31,21 +31,13 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import msgpack
-
-from spawn.engine import Attr
 from spawn.vfslink import OPS, EngineLink
+from spawn.vfswire import MAX_FRAME, FrameError, decode, encode
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME = 16 << 20  # a request carries at most one FUSE write (1 MiB); replies one read
-ATTR = 1  # msgpack extension type of an engine Attr
-_ATTR = struct.Struct(">QIIIIQQqqq")
+__all__ = ["MAX_FRAME", "FrameError", "RemoteLink", "VfsSession", "decode", "encode", "read_frame"]
 _LEN = struct.Struct(">I")
-
-
-class FrameError(Exception):
-    """A frame that is not one: too big, or not a msgpack request. Costs the connection."""
 
 
 class RemoteError(OSError):
@@ -59,38 +51,6 @@ class Dropped(OSError):
 #: Operations that change nothing, so a call cut off by a daemon restart is simply repeated.
 RETRYABLE = frozenset({"getattr", "lookup", "readdir", "readlink", "read", "getxattr",
                        "listxattr", "statfs"})
-
-
-def _default(obj: object) -> object:
-    if isinstance(obj, Attr):
-        return msgpack.ExtType(ATTR, _ATTR.pack(obj.ino, obj.mode, obj.nlink, obj.uid, obj.gid, obj.rdev,
-                                                obj.size, obj.atime_ns, obj.mtime_ns, obj.ctime_ns))
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot send {type(obj).__name__}")
-
-
-def _ext(code: int, data: bytes) -> object:
-    if code == ATTR and len(data) == _ATTR.size:
-        return Attr(*_ATTR.unpack(data))
-    raise FrameError(f"unknown msgpack extension {code}")
-
-
-def encode(obj: object) -> bytes:
-    """One frame: length and msgpack body."""
-    body = msgpack.packb(obj, default=_default, use_bin_type=True)
-    if len(body) > MAX_FRAME:
-        raise FrameError(f"frame of {len(body)} bytes (at most {MAX_FRAME})")
-    return _LEN.pack(len(body)) + body
-
-
-def decode(body: bytes) -> Any:
-    try:
-        return msgpack.unpackb(body, ext_hook=_ext, raw=False, strict_map_key=False)
-    except FrameError:
-        raise
-    except Exception as e:  # msgpack raises several types for garbage
-        raise FrameError(f"bad msgpack body: {e}") from None
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:

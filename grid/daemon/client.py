@@ -20,7 +20,7 @@ from typing import Any
 
 from grid.errors import UserError
 from grid.home import GridHome
-from spawn.vfsrpc import MAX_FRAME, FrameError, decode, encode
+from spawn.vfswire import MAX_FRAME, FrameError, decode, encode
 
 START_TIMEOUT = 30.0
 

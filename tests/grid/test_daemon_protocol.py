@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from grid.daemon.client import DaemonClient, DaemonError
-from spawn.engine import Attr
-from spawn.vfsrpc import MAX_FRAME, FrameError, decode, encode
+from spawn.attr import Attr
+from spawn.vfswire import MAX_FRAME, FrameError, decode, encode
 from tests.grid.gridnode import Node, new_node, wait_for
 
 
