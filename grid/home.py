@@ -73,6 +73,20 @@ class GridHome:
     def run(self) -> Path:
         return self.root / "run"
 
+    @property
+    def control_socket(self) -> Path:
+        """The node daemon's socket: commands and mounts (docs/daemon.md)."""
+        return self.run / "grid.sock"
+
+    @property
+    def blocks_socket(self) -> Path:
+        """The node daemon's block-protocol socket, for the home's owner."""
+        return self.run / "blocks.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run / "grid.pid"
+
     def exists(self) -> bool:
         return self.marker.is_file()
 

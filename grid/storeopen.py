@@ -21,7 +21,7 @@ def open_store(home: GridHome, *, readonly: bool = False) -> BlockStore:
     try:
         return LocalStore.open(home.store, readonly=readonly)
     except StoreLocked as e:
-        sock = home.run / "blocks.sock"
+        sock = home.blocks_socket
         try:
             return RemoteStore.connect_unix(str(sock), name="grid")
         except (OSError, RemoteError) as why:

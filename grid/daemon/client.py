@@ -75,9 +75,7 @@ class DaemonClient:
 
 
 def socket_path(home: GridHome) -> str:
-    from grid.daemon.server import SOCKET
-
-    return os.fspath(home.run / SOCKET)
+    return os.fspath(home.control_socket)
 
 
 def _try(home: GridHome) -> DaemonClient | None:

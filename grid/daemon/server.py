@@ -46,10 +46,6 @@ from store.score import format_score
 
 log = logging.getLogger("grid.daemon")
 
-SOCKET = "grid.sock"
-BLOCKS_SOCKET = "blocks.sock"
-PIDFILE = "grid.pid"
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -97,8 +93,8 @@ class Daemon:
     def __init__(self, home: GridHome, settings: Settings = Settings()) -> None:
         self.home = home
         self.settings = settings
-        self.sock_path = home.run / SOCKET
-        self.blocks_path = home.run / BLOCKS_SOCKET
+        self.sock_path = home.control_socket
+        self.blocks_path = home.blocks_socket
         self._live: dict[str, _Live] = {}
         self._opening: dict[str, asyncio.Future[_Live]] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -137,7 +133,7 @@ class Daemon:
         self._block_server = BlockServer(self.store, node=self.home.root.name)
         await self._block_server.start_unix(self.blocks_path)
         os.chmod(self.blocks_path, 0o600)
-        (self.home.run / PIDFILE).write_text(f"{os.getpid()}\n")
+        self.home.pidfile.write_text(f"{os.getpid()}\n")
         log.info("serving %s (pid %d) on %s", self.home.root, os.getpid(), self.sock_path)
 
     async def run(self, ready: Callable[[], object] | None = None) -> None:
@@ -185,7 +181,7 @@ class Daemon:
             del self._live[sid]
         if self.store is not None:
             self.store.close()
-        for p in (self.sock_path, self.blocks_path, self.home.run / PIDFILE):
+        for p in (self.sock_path, self.blocks_path, self.home.pidfile):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         log.info("stopped")
