@@ -259,7 +259,7 @@ def run_spawns(args: argparse.Namespace) -> int:
     for r in rows:
         root = (r["base"] or r["root"]).removeprefix("blake3:")[:12]
         table.append([r["id"], *([r["owner"]] if others else []), r["name"], root,
-                      human(r["changed_bytes"]), str(r["clients"]), " ".join(r["mounts"]) or "-"])
+                      human(r["changed_bytes"] or 0), str(r["clients"]), " ".join(r["mounts"]) or "-"])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -395,7 +395,7 @@ def run_kill(args: argparse.Namespace) -> int:
                 raise UserError(f"kill {args.spawn}", "not on a terminal: confirm with --force")
             clients = f", {d['clients']} attached" if d["clients"] else ""
             answer = input(f"discard spawn {d['id']} ({d['name']}, "
-                           f"{human(d['changed_bytes'])} of local changes{clients})? [y/N] ")
+                           f"{human(d['changed_bytes'] or 0)} of changed data{clients})? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("not killed", file=sys.stderr)
                 return 1

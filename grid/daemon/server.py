@@ -291,7 +291,9 @@ class Daemon:
     def _describe(self, info: SpawnInfo, live: _Live | None) -> dict[str, Any]:
         assert self.spawner is not None
         d = asdict(info)
-        d["changed_bytes"] = self.spawner.changed_bytes(info.id)
+        # file data held locally (what an overlay limit bounds), and the overlay's disk use
+        d["changed_bytes"] = live.engine.overlay_bytes if live else None
+        d["overlay_disk_bytes"] = self.spawner.changed_bytes(info.id)
         d["clients"] = len(live.clients) if live else 0
         d["mounts"] = sorted({c.mountpoint for c in live.clients if c.mountpoint}) if live else []
         d["base"] = format_score(live.engine.base) if live else None
@@ -319,13 +321,13 @@ class Daemon:
         assert self.spawner is not None
         out = []
         for info in await asyncio.to_thread(self.spawner.list, uid):
-            out.append(self._describe(info, self._live.get(info.id)))
+            out.append(self._describe(info, await self._get_live(info.id, uid)))
         return out
 
     async def _op_status(self, uid: int, sid: str) -> dict[str, Any]:
         assert self.spawner is not None
         info = self.spawner.get(str(sid), uid)
-        return self._describe(info, self._live.get(info.id))
+        return self._describe(info, await self._get_live(info.id, uid))
 
     async def _op_save(self, uid: int, sid: str, name: str | None = None) -> dict[str, Any]:
         """Snapshot the spawn; record *name* (default: the name it was spawned from) with

@@ -141,6 +141,27 @@ def test_two_mounts_are_coherent_and_appends_interleave_whole(node: Node) -> Non
     assert sorted({ln[0] for ln in lines}) == ["x", "y", "z"]
 
 
+def _kill_on_tty(node: Node, sid: str, answer: bytes) -> tuple[int, bool]:
+    """`grid kill SID` on a terminal, answering *answer*: (exit status, spawn still there)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "kill", sid], env=node.env(),
+                             stdin=slave, stdout=slave, stderr=slave)
+        out = b""
+        while b"[y/N]" not in out:
+            out += os.read(master, 1024)
+        assert b"discard spawn " + sid.encode() in out
+        os.write(master, answer)
+        rc = p.wait(timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    there = any(r["id"] == sid for r in json.loads(node.grid("spawns", "--json").stdout))
+    return rc, there
+
+
 def test_kill_asks_unless_forced_and_ends_the_mounts(node: Node) -> None:
     m = node.base / "m"
     m.mkdir()
@@ -150,6 +171,9 @@ def test_kill_asks_unless_forced_and_ends_the_mounts(node: Node) -> None:
     assert any(r["id"] == sid for r in json.loads(node.grid("spawns", "--json").stdout))
     p = node.grid("kill", sid, check=False, input="n\n")
     assert p.returncode == 1
+    other = _spawn(node, "proj")
+    assert _kill_on_tty(node, other, b"n\n") == (1, True)  # asked, declined: still there
+    assert _kill_on_tty(node, other, b"y\n") == (0, False)  # asked, confirmed: gone
     node.grid("kill", "--force", sid)
     assert not any(r["id"] == sid for r in json.loads(node.grid("spawns", "--json").stdout))
     assert wait_for(lambda: not grid_mounts(m), timeout=20), "the mount of a killed spawn stays"
@@ -228,3 +252,36 @@ def test_mount_rides_out_a_daemon_restart(node: Node) -> None:
     assert (m / "kept").read_bytes() == b"fsynced before the kill; and after"
     rows = json.loads(node.grid("spawns", "--json").stdout)
     assert [r["clients"] for r in rows if r["id"] == sid] == [1]
+
+
+def test_overlay_limit_moves_changes_into_the_store() -> None:
+    """`grid serve --overlay-limit`: a spawn keeps at most that much changed data locally;
+    the rest goes into the block store as it is written, and nothing is lost."""
+    n = new_node()
+    try:
+        n.init()
+        _tree(n.base / "src")
+        n.grid("import", str(n.base / "src"), "proj")
+        n.start("--overlay-limit", "1M")
+        m = n.base / "m"
+        m.mkdir()
+        sid = _spawn(n, "proj", "--mount", str(m))
+        data = os.urandom(8 << 20)
+        with open(m / "big", "wb") as f:
+            for i in range(0, len(data), 1 << 20):
+                f.write(data[i:i + (1 << 20)])
+        (row,) = json.loads(n.grid("spawns", "--json").stdout)
+        assert row["changed_bytes"] <= 1 << 20, row
+        assert (m / "big").read_bytes() == data
+        n.grid("unmount", str(m))
+        n.stop()
+        n.start("--overlay-limit", "1M")
+        n.grid("mount", sid, str(m))
+        assert (m / "big").read_bytes() == data
+        n.grid("save", sid)
+        n.grid("export", "proj", str(n.base / "x"))
+        assert (n.base / "x" / "big").read_bytes() == data
+        p = n.grid("serve", "--overlay-limit", "lots", check=False)
+        assert p.returncode == 2 and "not a size" in p.stderr
+    finally:
+        n.close()
