@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--overlay-limit", metavar="SIZE", type=_size,
                    help="changed data a spawn keeps locally before moving it into the block "
                         "store, e.g. 8G (default: no limit)")
+    s.add_argument("--9p", dest="listen_9p", metavar="HOST:PORT",
+                   help="also serve 9P on TCP with TLS and grid client certificates")
+    s.add_argument("--blocks", dest="listen_blocks", metavar="HOST:PORT",
+                   help="also serve the block protocol to peers (mutual TLS, grid CA)")
+    s.add_argument("--ssh", dest="listen_ssh", metavar="HOST:PORT",
+                   help="also serve SSH (SFTP and grid commands) with ndb's keys")
     s.add_argument("-v", "--verbose", action="store_true", help="log every request")
     s.set_defaults(func=run_serve)
 
@@ -170,7 +176,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UserError("grid serve", "--spawnmax must be at least 1")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    daemon = Daemon(home, Settings(spawnmax=args.spawnmax, overlay_limit=args.overlay_limit))
+    daemon = Daemon(home, Settings(spawnmax=args.spawnmax, overlay_limit=args.overlay_limit,
+                                   listen_9p=args.listen_9p, listen_blocks=args.listen_blocks,
+                                   listen_ssh=args.listen_ssh))
 
     def ready() -> None:
         print(f"grid: node daemon for {home.root} ready on {daemon.sock_path} (pid {os.getpid()})",

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import importlib
 import logging
 import os
 import pwd
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from grid.errors import UserError
 from grid.home import GridHome
@@ -52,6 +53,25 @@ class Settings:
     spawnmax: int = 16  # live spawns per user (root is not limited); ANTS's spawnmax
     overlay_limit: int | None = None  # bytes of changed data a spawn keeps locally
     socket_mode: int = 0o666  # every local user may ask; the daemon decides per uid
+    listen_9p: str | None = None  # HOST:PORT of the 9P listener (TLS, client certificates)
+    listen_blocks: str | None = None  # HOST:PORT of the block listener for peers (mutual TLS)
+    listen_ssh: str | None = None  # HOST:PORT of the SSH/SFTP listener
+
+
+class Service(Protocol):
+    """A listener the daemon runs beside its own sockets (9P, peers' blocks, SSH). A service
+    module (SERVICE_MODULES) has ``make(daemon) -> Service | None`` (None: not configured)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+#: Modules whose ``make(daemon)`` may add a service; each reads what it needs from
+#: ``daemon.settings`` and uses the daemon's public methods (live, control, user_name, uid_of).
+SERVICE_MODULES: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -101,6 +121,7 @@ class Daemon:
         self._block_server: Any = None
         self._connections: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self.services: list[Service] = []
         self.store: Any = None
         self.spawner: Spawner | None = None
 
@@ -133,6 +154,12 @@ class Daemon:
         self._block_server = BlockServer(self.store, node=self.home.root.name)
         await self._block_server.start_unix(self.blocks_path)
         os.chmod(self.blocks_path, 0o600)
+        for modname in SERVICE_MODULES:
+            svc = importlib.import_module(modname).make(self)
+            if svc is not None:
+                await svc.start()
+                self.services.append(svc)
+                log.info("started %s", svc.name)
         self.home.pidfile.write_text(f"{os.getpid()}\n")
         log.info("serving %s (pid %d) on %s", self.home.root, os.getpid(), self.sock_path)
 
@@ -167,6 +194,11 @@ class Daemon:
     async def close(self) -> None:
         for srv in self._servers:
             srv.close()
+        for svc in reversed(self.services):
+            try:
+                await svc.close()
+            except Exception:
+                log.exception("closing %s", svc.name)
         for live in list(self._live.values()):
             await self._detach_all(live)
         if self._block_server is not None:
@@ -248,6 +280,35 @@ class Daemon:
             raise Refused(errno.EINVAL, f"{op}: bad arguments ({e})") from None
 
     # -- spawns ----------------------------------------------------------------------------
+
+    # -- what services use ----------------------------------------------------------------
+
+    async def live(self, sid: str, uid: int) -> _Live:
+        """Spawn *sid*'s engine link and state, if *uid* may use it (else SpawnNotFound)."""
+        return await self._get_live(sid, uid)
+
+    async def control(self, uid: int, op: str, *args: Any, **kw: Any) -> Any:
+        """A control request (``spawn``, ``spawns``, ``status``, ``save``, ``kill``) made
+        for *uid*, as if it came over the socket; refusals raise as they would be sent."""
+        if op in ("attach", "stop"):
+            raise Refused(errno.EINVAL, f"{op} is not for services")
+        return await self._control(uid, op, list(args), kw)
+
+    def user_name(self, uid: int) -> str:
+        return self._user_name(uid)
+
+    def uid_of(self, user: str) -> int:
+        """The Unix uid a grid user (a certificate's or SSH key's owner) acts as: its
+        ``uid=`` in ndb. A grid user without one owns no spawns here."""
+        from ndb.users import UserDB
+
+        u = UserDB(self.home.users_db).get(user)
+        if u is None:
+            raise Refused(errno.EACCES, f"no grid user {user!r}")
+        if u.uid is None:
+            raise Refused(errno.EACCES, f"grid user {user!r} has no uid on this node "
+                                        f"(grid user add {user} --uid N)")
+        return u.uid
 
     def _user_name(self, uid: int) -> str:
         """The grid user a Unix uid is: its ndb users record, else its login name."""
