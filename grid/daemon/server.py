@@ -71,7 +71,9 @@ class Service(Protocol):
 
 #: Modules whose ``make(daemon)`` may add a service; each reads what it needs from
 #: ``daemon.settings`` and uses the daemon's public methods (live, control, user_name, uid_of).
-SERVICE_MODULES: tuple[str, ...] = ()
+SERVICE_MODULES: tuple[str, ...] = (
+    "grid.daemon.ninep_service", "grid.daemon.peer_service", "grid.daemon.ssh_service",
+)
 
 
 @dataclass(eq=False)
