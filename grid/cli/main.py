@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "user_cmd",
     "peer_cmd",
     "spawn_cmd",
+    "ninep_cmd",
+    "replicate_cmd",
 )
 
 
