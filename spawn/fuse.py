@@ -47,6 +47,7 @@ import itertools
 import logging
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
@@ -271,7 +272,18 @@ class GridFS(pyfuse3.Operations):
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        a = await self._call("create", parent_inode, name, mode, ctx.uid, ctx.gid, open=True)
+        try:
+            a = await self._call("create", parent_inode, name, mode, ctx.uid, ctx.gid, open=True)
+        except OSError as e:
+            # The kernel asks to create after its own lookup found nothing; another client of
+            # the spawn (a second mount) may have made the name since. Without O_EXCL that is
+            # an ordinary open of the file now there, as on a local filesystem.
+            if e.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            a = await self._call("lookup", parent_inode, name)
+            if stat.S_ISDIR(a.mode):
+                raise pyfuse3.FUSEError(errno.EISDIR) from None
+            a = await self._call("open", a.ino, truncate=bool(flags & os.O_TRUNC))
         return self._file_info(a, flags), self._entry(a)
 
     @_handler
