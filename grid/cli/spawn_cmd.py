@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run the node daemon for the grid home, in the foreground, until SIGTERM/SIGINT or\n"
             "`grid stop`. It owns the block store and the spawns, and listens on\n"
             "HOME/run/grid.sock (commands and mounts, every local user; each is known by its\n"
-            "uid) and HOME/run/blocks.sock (the block protocol, for the home's owner).\n"
+            "uid), HOME/run/9p.sock (9P, likewise) and HOME/run/blocks.sock (the block\n"
+            "protocol, for the home's owner).\n"
             "Spawn commands start one in the background when none is running;\n"
             "docs/daemon.md has a systemd unit."
         ),
