@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import struct
 
@@ -158,6 +159,11 @@ async def hostile_connection(env, rng: random.Random, frames: int) -> tuple[int,
     return frames, len(drain.replies)
 
 
+#: Hostile connections of 100 frames each: 4,000 frames per CI run; set
+#: GRID_NINEP_FUZZ_CONNECTIONS=1000 for the 100,000-frame run issue 6 asks for.
+CONNECTIONS = int(os.environ.get("GRID_NINEP_FUZZ_CONNECTIONS", "40"))
+
+
 def test_random_and_mutated_frames(tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="spawn.ninep")
     rng = random.Random(20240607)
@@ -166,16 +172,16 @@ def test_random_and_mutated_frames(tmp_path, caplog):
         async with served(tmp_path) as env:
             keeper, root = await env.attached()  # a well-behaved client all along
             sent = answered = 0
-            for i in range(40):
+            for i in range(CONNECTIONS):
                 s, a = await hostile_connection(env, rng, 100)
                 sent, answered = sent + s, answered + a
                 if i % 10 == 9:  # the server still serves the well-behaved connection
                     assert len(await keeper.walk(root, 100 + i, [b"dir"])) == 1
-            assert sent == 4000
-            assert answered > 2000  # most frames got a reply: connections lived long
+            assert sent == CONNECTIONS * 100
+            assert answered > CONNECTIONS * 50  # most frames got a reply: connections lived long
             await eventually(lambda: len(env.listener.sessions) == 1, timeout=30)
             # nothing left behind by the hostile connections
-            assert env.live_fids() == 1 + 4
+            assert env.live_fids() == 1 + CONNECTIONS // 10  # the keeper's root and its walks
             assert sum(env.engine._open.values()) == 0
             assert env.locks.count() == 0 and env.locks.waiting() == 0
             fresh, froot = await env.attached(b"9P2000")
