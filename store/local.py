@@ -19,6 +19,7 @@ message. Read-only opens take no lock and see what the index has committed.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import fcntl
 import logging
@@ -467,7 +468,15 @@ class LocalStore(BlockStore):
             if self._cur_size + total > self.segment_size and self._cur_size > SEGMENT_HEADER_SIZE:
                 self._roll()
             pos = self._cur_start + self._cur_size
-            _write_all(self._append_fd, header, stored)
+            try:
+                _write_all(self._append_fd, header, stored)
+            except OSError:
+                # A torn record (ENOSPC, EIO part way) must not stay in the log: the next
+                # record would land after it while the index places it at _cur_size. Cut the
+                # segment back to where this record began; the caller gets the error.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._append_fd, self._cur_size)
+                raise
             self._cur_size += total
             self._pending[score] = Location(pos, btype, codec, len(stored), len(payload))
             self._unsynced_fds.add(self._append_fd)
