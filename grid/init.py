@@ -81,9 +81,39 @@ def init_home(
         )
     _record_invoking_user(home)
     init_certs(home, node_name=node_name, hosts=hosts, grid_name=grid_name, join=join)
+    ensure_ssh_host_key(home)
     if created:
         home.marker.write_text("grid home, format 1\n")
     return home, created
+
+
+def ssh_host_key_path(home: GridHome) -> Path:
+    return home.certs / "ssh_host_ed25519_key"
+
+
+def ensure_ssh_host_key(home: GridHome) -> Path:
+    """The node's SSH host key (OpenSSH format, 0600, and its ``.pub``), made once: clients
+    pin it in known_hosts, so it is never replaced. Made at init rather than at the first
+    ``grid serve --ssh`` so the fingerprint can be handed out before the server runs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = ssh_host_key_path(home)
+    if path.exists():
+        return path
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a crashed run's: O_EXCL below makes it 0600 from the start
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    path.with_name(path.name + ".pub").write_bytes(public + f" grid@{home.root.name}\n".encode())
+    os.replace(tmp, path)  # last: an interrupted run leaves no half key behind
+    return path
 
 
 def _check_cert_options(

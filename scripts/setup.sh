@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # restic and borgbackup are the peers bench/import_bench.py measures grid against.
 DEBS=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev diod restic borgbackup
-      python3-llfuse)  # borg mount needs llfuse
+      python3-llfuse openssh-client sshfs)  # borg mount needs llfuse; SSH tests use the last two
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -105,6 +105,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--renew", action="store_true", help="issue a new key and certificate")
     c.set_defaults(func=run_cert)
 
+    k = ss.add_parser(
+        "key",
+        help="add or remove a user's SSH public keys",
+        description=(
+            "Add or remove SSH public keys of user NAME (ndb sshkey=): the keys the node's\n"
+            "SSH service (grid serve --ssh) accepts for NAME. FILE holds one key per line, as\n"
+            "in authorized_keys without options. Keys are compared without their comments.\n"
+            "The change counts at the next login."
+        ),
+        epilog=(
+            "examples:\n  grid user key add alice ~alice/.ssh/id_ed25519.pub\n"
+            "  grid user key rm alice old_key.pub"
+        ),
+        formatter_class=_RAW,
+    )
+    ks = k.add_subparsers(dest="key_command", metavar="add|rm", required=True)
+    for verb, what in (("add", "add the keys in FILE"), ("rm", "remove the keys in FILE")):
+        kp = ks.add_parser(verb, help=what, description=f"{what.capitalize()} for user NAME.")
+        kp.add_argument("name")
+        kp.add_argument("files", metavar="FILE", nargs="+", help="public key file")
+        kp.set_defaults(func=run_key, key_verb=verb)
+
 
 def _users(args: argparse.Namespace):
     from grid.home import find_home
@@ -276,4 +298,41 @@ def run_rm(args: argparse.Namespace) -> int:
     if bundle.is_dir():
         shutil.rmtree(bundle)
         print(f"certificate bundle {bundle} removed")
+    return 0
+
+
+def run_key(args: argparse.Namespace) -> int:
+    """Rewrite user NAME's entry with its new key list, under the users file's lock (so a
+    concurrent `grid user` change is not lost). The entry moves to the end of the file:
+    ndb.document edits by removing and appending whole entries, keeping every other byte."""
+    import dataclasses
+
+    from grid.errors import UserError
+    from ndb.document import Document
+    from ndb.errors import NdbNotFound
+    from ndb.users import KIND, User
+
+    keys = [k for path in args.files for k in _read_keys(path)]
+    users = _users(args)
+    with users.file.locked() as f:
+        doc = Document.parse(f.read(), users.file.name)
+        found = [e for e in doc.entries if e.kind == KIND and e.lines[0][0].value == args.name]
+        if not found:
+            raise NdbNotFound(f"no user {args.name!r}")
+        old = User.from_entry(found[0], users.file.name)
+        have = list(old.sshkeys)
+        same = {tuple(k.split()[:2]) for k in keys}
+        if args.key_verb == "add":
+            have += [k for k in keys if tuple(k.split()[:2]) not in
+                     {tuple(h.split()[:2]) for h in have}]
+        else:
+            missing = same - {tuple(h.split()[:2]) for h in have}
+            if missing:
+                raise UserError(f"user key rm {args.name}",
+                                f"{len(missing)} of the keys given are not {args.name}'s")
+            have = [h for h in have if tuple(h.split()[:2]) not in same]
+        new = dataclasses.replace(old, sshkeys=tuple(have))
+        rest = Document.parse(doc.without(lambda e: e is found[0]), users.file.name)
+        f.replace(rest.with_appended([new.to_entry()]))
+    print(f"user {args.name}: {len(have)} SSH key{'s' if len(have) != 1 else ''}")
     return 0

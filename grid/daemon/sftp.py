@@ -1,0 +1,508 @@
+"""The SFTP exporter: a thin asyncssh adapter over the spawns' engine links.
+
+One SFTP session serves one grid user's namespace (docs/ssh.md)::
+
+    /            one directory per spawn of the user, named by its id (nothing of others)
+    /ID/...      that spawn's tree, every operation one call through the spawn's link
+
+As in spawn.fuse, filesystem semantics live in the engine: each handler here turns a path
+into inode numbers (lookups through the link) and makes one engine call. The engine is never
+touched directly, so SFTP shares the spawn's owner thread with FUSE and 9P (invariant 8). FUSE
+mounts attached to the daemon cache names and attributes; a change made here first tells them
+what to forget (:class:`SharedLink`, as the daemon's vfs sessions tell each other), so they see
+it at once.
+
+Paths are the one thing SFTP has that FUSE has not: the client names files by path, and the
+server resolves them. Resolution is confined the way a chroot is:
+
+* a path is split on ``/``; empty parts (``//``) and ``.`` are dropped, ``..`` goes up but
+  never above ``/``; a relative path is relative to ``/`` (the session's only directory);
+* symbolic links met on the way are followed *inside the spawn*: an absolute target starts
+  at the spawn's root, ``..`` stops there. A link can never lead into another spawn, the
+  node's own filesystem or another user's namespace. (Symlinks are stored as written;
+  readlink returns them unchanged, for the client to interpret.)
+
+Privacy (invariant 9): the session acts for one Unix uid, the one ndb lists for the SSH key's
+user; ``daemon.live(sid, uid)`` refuses a spawn that uid may not use, and the top directory
+lists only ``daemon.control(uid, "spawns")``. Files made through SFTP get that uid and its
+primary gid. The kernel's permission checks that guard a FUSE mount (default_permissions)
+are not there for SFTP, so the adapter makes them itself (``_may``): mode bits for search,
+read, write and directory changes, sticky directories, chmod and utimes by the owner only,
+chown by root only, chgrp to one's own groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import pwd
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+from asyncssh.constants import (
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+)
+
+from spawn.attr import Attr
+from spawn.fsformat import NAME_MAX
+from spawn.vfsrpc import ACK_TIMEOUT, RETRYABLE, touched, touched_before
+
+log = logging.getLogger("grid.daemon.sftp")
+
+ROOT_INO = 1  # the engine's root directory (spawn.engine.ROOT_INO)
+SYMLOOP_MAX = 40  # links followed in one resolution before ELOOP, as Linux does
+_TOP_MODE = stat.S_IFDIR | 0o500  # "/": a read-only listing of the user's spawns
+
+
+def _err(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
+
+
+def split(path: bytes) -> list[bytes]:
+    """A client's path as the components it names below ``/``: ``//`` and ``.`` dropped,
+    ``..`` applied lexically and clamped at ``/``, relative paths taken from ``/``."""
+    out: list[bytes] = []
+    for part in path.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(part)
+    return out
+
+
+def to_attrs(a: Attr) -> asyncssh.SFTPAttrs:
+    """An engine Attr as SFTP attributes (seconds and nanoseconds both: v3 clients use the
+    seconds, later versions the nanoseconds)."""
+    return asyncssh.SFTPAttrs(
+        type=_sftp_type(a.mode), size=a.size, uid=a.uid, gid=a.gid, permissions=a.mode,
+        atime=a.atime_ns // 10**9, atime_ns=a.atime_ns % 10**9,
+        mtime=a.mtime_ns // 10**9, mtime_ns=a.mtime_ns % 10**9,
+        ctime=a.ctime_ns // 10**9, ctime_ns=a.ctime_ns % 10**9, nlink=a.nlink)
+
+
+def _sftp_type(mode: int) -> int:
+    from asyncssh.constants import (
+        FILEXFER_TYPE_DIRECTORY,
+        FILEXFER_TYPE_REGULAR,
+        FILEXFER_TYPE_SPECIAL,
+        FILEXFER_TYPE_SYMLINK,
+    )
+
+    if stat.S_ISDIR(mode):
+        return FILEXFER_TYPE_DIRECTORY
+    if stat.S_ISREG(mode):
+        return FILEXFER_TYPE_REGULAR
+    if stat.S_ISLNK(mode):
+        return FILEXFER_TYPE_SYMLINK
+    return FILEXFER_TYPE_SPECIAL
+
+
+class SharedLink:
+    """A spawn's link for a client that is not one of the daemon's vfs sessions: each change
+    first has the spawn's caching mounts drop what it makes stale (spawn.vfsrpc.touched),
+    before the change returns here, as VfsSession does for its peers. *sid* names the spawn
+    (a rename or hard link must stay inside one)."""
+
+    def __init__(self, live: Any) -> None:
+        self.live = live
+        self.sid: str = live.info.id
+
+    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+        link = self.live.link
+        others = [c.session for c in list(self.live.clients) if c.session.caching] \
+            if op not in RETRYABLE else []
+        before = await touched_before(link, op, list(args)) if others else []
+        try:
+            value = await link.call(op, *args, **kw)
+        except RuntimeError:  # the engine's thread is gone: the spawn was killed meanwhile
+            raise _err(errno.ESTALE, f"spawn {self.sid} is gone") from None
+        if others:
+            items = touched(op, list(args), kw, value, before)
+            if items:
+                await asyncio.wait([asyncio.ensure_future(s.invalidate(items)) for s in others],
+                                   timeout=ACK_TIMEOUT)
+        return value
+
+
+@dataclass(slots=True)
+class _Where:
+    """A resolved path: the spawn's link, the directory holding the name, the name, and the
+    inode's attributes (None when the name does not exist). *parent* 0 and *name* the spawn
+    id mean the spawn's root itself; *link* None means ``/``."""
+
+    link: Any
+    parent: int
+    name: bytes
+    attr: Attr | None
+    dir: Attr | None = None  # the directory holding the name (for permission checks)
+
+
+@dataclass(slots=True)
+class _Handle:
+    """An open file: the engine counted the open, ``close`` releases it."""
+
+    link: Any
+    ino: int
+    append: bool
+
+
+class GridSFTPServer(asyncssh.SFTPServer):
+    """One SFTP session of one grid user over the daemon's spawns (see the module docstring).
+    *uid* is the Unix uid the session acts as, decided from the SSH key at authentication."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, daemon: Any, uid: int) -> None:
+        super().__init__(chan)  # no chroot: every path method below is our own
+        self.daemon = daemon
+        self.uid = uid
+        try:
+            self.gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            self.gid = uid
+        self.groups = _groups(uid, self.gid)
+
+    def _may(self, a: Attr, want: int) -> None:
+        """The Unix permission check (*want*: R_OK | W_OK | X_OK) for this session's uid,
+        which the kernel makes for a FUSE mount (default_permissions) and nothing makes for
+        SFTP otherwise: without it a user could write a root-owned file in a spawn, or make
+        it setuid. Root passes, as it does in the kernel."""
+        if self.uid == 0:
+            return
+        if a.uid == self.uid:
+            bits = (a.mode >> 6) & 7
+        elif a.gid in self.groups:
+            bits = (a.mode >> 3) & 7
+        else:
+            bits = a.mode & 7
+        if want & ~bits:
+            raise _err(errno.EACCES)
+
+    def _may_change(self, w: _Where) -> None:
+        """May this user make, remove or rename *w*'s name in its directory: write and search
+        on the directory, and in a sticky directory own the file or the directory."""
+        assert w.dir is not None
+        self._may(w.dir, os.W_OK | os.X_OK)
+        if (self.uid != 0 and w.dir.mode & stat.S_ISVTX and w.attr is not None
+                and self.uid not in (w.attr.uid, w.dir.uid)):
+            raise _err(errno.EPERM, "sticky directory")
+
+    # -- resolution ---------------------------------------------------------------------
+
+    async def _link(self, sid: bytes) -> SharedLink:
+        try:
+            text = sid.decode("ascii")
+        except UnicodeDecodeError:
+            raise _err(errno.ENOENT, "no such spawn") from None
+        try:
+            return SharedLink(await self.daemon.live(text, self.uid))
+        except OSError:
+            raise
+        except Exception:  # SpawnNotFound and the like: to this user it does not exist
+            raise _err(errno.ENOENT, f"no spawn {text}") from None
+
+    async def _resolve(self, path: bytes, *, follow: bool = True, must_exist: bool = True) -> _Where:
+        """Walk *path* through the spawn's link, following symlinks inside the spawn (and the
+        last component's only with *follow*). With *must_exist* False a missing last name
+        is returned with attr None, for the operations that make it."""
+        parts = split(path)
+        if not parts:
+            return _Where(None, 0, b"", None)
+        if path.endswith((b"/", b"/.", b"/..")):
+            follow = True  # "link/" names the directory the link leads to (POSIX)
+        link = await self._link(parts[0])
+        todo = list(reversed(parts[1:]))  # a stack: symlink targets are pushed onto it
+        stack: list[tuple[int, bytes, Attr]] = []  # (parent, name, attr) from the root down
+        root = await link.call("getattr", ROOT_INO)
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name in (b"", b"."):
+                continue
+            if name == b"..":
+                if stack:
+                    stack.pop()
+                continue
+            if len(name) > NAME_MAX:
+                raise _err(errno.ENAMETOOLONG)
+            dir_ino = stack[-1][2].ino if stack else ROOT_INO
+            cur = stack[-1][2] if stack else root
+            if not stat.S_ISDIR(cur.mode):
+                raise _err(errno.ENOTDIR)
+            self._may(cur, os.X_OK)
+            try:
+                a = await link.call("lookup", dir_ino, name)
+            except FileNotFoundError:
+                if todo or must_exist:
+                    raise
+                return _Where(link, dir_ino, name, None, cur)
+            if stat.S_ISLNK(a.mode) and (todo or follow):
+                hops += 1
+                if hops > SYMLOOP_MAX:
+                    raise _err(errno.ELOOP)
+                target = await link.call("readlink", a.ino)
+                if target.startswith(b"/"):
+                    stack.clear()  # absolute: from the spawn's root, never the node's
+                todo.extend(reversed(target.split(b"/")))
+                continue
+            stack.append((dir_ino, name, a))
+        if not stack:
+            return _Where(link, 0, parts[0], root)
+        parent, name, a = stack[-1]
+        return _Where(link, parent, name, a, stack[-2][2] if len(stack) > 1 else root)
+
+    async def _entry(self, path: bytes) -> _Where:
+        """Where a name is to be made, removed or renamed: inside a spawn, not a spawn root
+        or ``/`` (those are the daemon's to make and remove: ``grid spawn``, ``grid kill``)."""
+        w = await self._resolve(path, follow=False, must_exist=False)
+        if w.link is None or w.parent == 0:
+            raise _err(errno.EPERM, "the top directories are the spawns: use grid spawn/kill")
+        return w
+
+    async def _stat(self, path: bytes, follow: bool) -> asyncssh.SFTPAttrs:
+        w = await self._resolve(path, follow=follow)
+        if w.link is None:
+            return asyncssh.SFTPAttrs(type=_sftp_type(_TOP_MODE), permissions=_TOP_MODE,
+                                      uid=self.uid, gid=self.gid, size=0, nlink=2)
+        assert w.attr is not None
+        return to_attrs(w.attr)
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def realpath(self, path: bytes) -> bytes:
+        """Lexical, as OpenSSH's sftp-server is for names that do not exist yet; every later
+        request resolves again, with symlinks, inside the spawn."""
+        return b"/" + b"/".join(split(path))
+
+    async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:  # type: ignore[override]
+        return await self._stat(path, True)
+
+    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:  # type: ignore[override]
+        return await self._stat(path, False)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        """A snapshot of the directory (one readdir call), as spawn.fuse's opendir takes."""
+        w = await self._resolve(path)
+        if w.link is None:
+            top = asyncssh.SFTPAttrs(type=_sftp_type(_TOP_MODE), permissions=_TOP_MODE,
+                                     uid=self.uid, gid=self.gid, size=0, nlink=2)
+            yield asyncssh.SFTPName(b".", attrs=top)
+            yield asyncssh.SFTPName(b"..", attrs=top)
+            for d in await self.daemon.control(self.uid, "spawns"):
+                a = await (await self._link(str(d["id"]).encode())).call("getattr", ROOT_INO)
+                yield asyncssh.SFTPName(str(d["id"]).encode(), attrs=to_attrs(a))
+            return
+        assert w.attr is not None
+        if not stat.S_ISDIR(w.attr.mode):
+            raise _err(errno.ENOTDIR)
+        self._may(w.attr, os.R_OK)
+        entries = await w.link.call("readdir", w.attr.ino)
+        yield asyncssh.SFTPName(b".", attrs=to_attrs(w.attr))
+        yield asyncssh.SFTPName(b"..", attrs=to_attrs(w.attr))
+        for name, a in entries:
+            yield asyncssh.SFTPName(name, attrs=to_attrs(a))
+
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:  # type: ignore[override]
+        w = await self._resolve(path)
+        if w.link is None:
+            raise _err(errno.EPERM)
+        assert w.attr is not None
+        await self._setattr(w.link, w.attr, attrs)
+
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:  # type: ignore[override]
+        w = await self._resolve(path, follow=False)
+        if w.link is None:
+            raise _err(errno.EPERM)
+        assert w.attr is not None
+        await self._setattr(w.link, w.attr, attrs)
+
+    async def _setattr(self, link: Any, cur: Attr, attrs: asyncssh.SFTPAttrs) -> None:
+        """One engine setattr for all fields, as spawn.fuse does."""
+        kw: dict[str, int] = {}
+        owner = self.uid in (0, cur.uid)
+        if attrs.size is not None:
+            self._may(cur, os.W_OK)
+            kw["size"] = attrs.size
+        if attrs.permissions is not None:
+            if not owner:
+                raise _err(errno.EPERM, "not the file's owner")
+            mode = stat.S_IMODE(attrs.permissions)
+            if self.uid != 0 and cur.gid not in self.groups:
+                mode &= ~stat.S_ISGID  # as chmod(2) does
+            kw["mode"] = mode
+        if attrs.uid is not None and attrs.uid != cur.uid:
+            if self.uid != 0:
+                raise _err(errno.EPERM, "only root may give a file away")
+            kw["uid"] = attrs.uid
+        if attrs.gid is not None and attrs.gid != cur.gid:
+            if self.uid != 0 and (not owner or attrs.gid not in self.groups):
+                raise _err(errno.EPERM, "not a group of yours")
+            kw["gid"] = attrs.gid
+        if (attrs.atime is not None or attrs.mtime is not None) and not owner:
+            raise _err(errno.EPERM, "not the file's owner")
+        if attrs.atime is not None:
+            kw["atime_ns"] = attrs.atime * 10**9 + (attrs.atime_ns or 0)
+        if attrs.mtime is not None:
+            kw["mtime_ns"] = attrs.mtime * 10**9 + (attrs.mtime_ns or 0)
+        if kw:
+            await link.call("setattr", cur.ino, **kw)
+
+    async def statvfs(self, path: bytes) -> asyncssh.SFTPVFSAttrs:  # type: ignore[override]
+        w = await self._resolve(path)
+        if w.link is None:
+            return asyncssh.SFTPVFSAttrs(bsize=4096, frsize=4096, namemax=NAME_MAX)
+        return await self._statvfs(w.link)
+
+    @staticmethod
+    async def _statvfs(link: Any) -> asyncssh.SFTPVFSAttrs:
+        total, free, avail = await link.call("statfs")
+        return asyncssh.SFTPVFSAttrs(
+            bsize=4096, frsize=4096, blocks=total // 4096, bfree=free // 4096,
+            bavail=avail // 4096, files=1 << 32, ffree=(1 << 32) - 1, favail=(1 << 32) - 1,
+            namemax=NAME_MAX)
+
+    # -- names ----------------------------------------------------------------------------
+
+    async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:  # type: ignore[override]
+        w = await self._entry(path)
+        if w.attr is not None:
+            raise _err(errno.EEXIST)
+        self._may_change(w)
+        mode = attrs.permissions if attrs.permissions is not None else 0o777
+        await w.link.call("mkdir", w.parent, w.name, stat.S_IMODE(mode), self.uid, self.gid)
+
+    async def rmdir(self, path: bytes) -> None:  # type: ignore[override]
+        w = await self._entry(path)
+        if w.attr is None:
+            raise _err(errno.ENOENT)
+        self._may_change(w)
+        await w.link.call("rmdir", w.parent, w.name)
+
+    async def remove(self, path: bytes) -> None:  # type: ignore[override]
+        w = await self._entry(path)
+        if w.attr is None:
+            raise _err(errno.ENOENT)
+        self._may_change(w)
+        await w.link.call("unlink", w.parent, w.name)
+
+    async def _rename(self, oldpath: bytes, newpath: bytes, noreplace: bool) -> None:
+        a = await self._entry(oldpath)
+        b = await self._entry(newpath)
+        if a.link.sid != b.link.sid:
+            raise _err(errno.EXDEV, "a rename stays inside one spawn")
+        if a.attr is None:
+            raise _err(errno.ENOENT)
+        self._may_change(a)
+        self._may_change(b)
+        await a.link.call("rename", a.parent, a.name, b.parent, b.name, noreplace=noreplace)
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:  # type: ignore[override]
+        """SFTP v3's rename must not replace an existing target (the draft says so; OpenSSH
+        clients use posix-rename for the other)."""
+        await self._rename(oldpath, newpath, True)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:  # type: ignore[override]
+        await self._rename(oldpath, newpath, False)
+
+    async def readlink(self, path: bytes) -> bytes:  # type: ignore[override]
+        w = await self._resolve(path, follow=False)
+        if w.attr is None or w.link is None:
+            raise _err(errno.EINVAL)
+        return await w.link.call("readlink", w.attr.ino)
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:  # type: ignore[override]
+        """*oldpath* is the target, stored as the client wrote it (asyncssh has already
+        undone OpenSSH's swapped argument order)."""
+        w = await self._entry(newpath)
+        if w.attr is not None:
+            raise _err(errno.EEXIST)
+        self._may_change(w)
+        await w.link.call("symlink", w.parent, w.name, oldpath, self.uid, self.gid)
+
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:  # type: ignore[override]
+        a = await self._resolve(oldpath, follow=False)
+        b = await self._entry(newpath)
+        if a.link is None or a.parent == 0 or a.attr is None:
+            raise _err(errno.EPERM)
+        if a.link.sid != b.link.sid:
+            raise _err(errno.EXDEV)
+        self._may_change(b)
+        await b.link.call("link", a.attr.ino, b.parent, b.name)
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> _Handle:  # type: ignore[override]
+        """SFTP v3 open: create (with EXCL: only create) and truncate in one engine call
+        each, as spawn.fuse's create and open do."""
+        if pflags & FXF_CREAT:
+            w = await self._entry(path)
+            if w.attr is not None and stat.S_ISLNK(w.attr.mode):
+                w = await self._resolve(path, must_exist=False)  # create through the link
+        else:
+            w = await self._resolve(path)
+        if w.link is None or w.parent == 0:
+            raise _err(errno.EISDIR)
+        append = bool(pflags & FXF_APPEND)
+        if w.attr is None:
+            self._may_change(w)
+            mode = attrs.permissions if attrs.permissions is not None else 0o666
+            a = await w.link.call("create", w.parent, w.name, stat.S_IMODE(mode), self.uid,
+                                  self.gid, open=True)
+            return _Handle(w.link, a.ino, append)
+        if pflags & FXF_CREAT and pflags & FXF_EXCL:
+            raise _err(errno.EEXIST)
+        if stat.S_ISDIR(w.attr.mode):
+            raise _err(errno.EISDIR)
+        want = (os.R_OK if pflags & FXF_READ else 0) | \
+            (os.W_OK if pflags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC) else 0)
+        self._may(w.attr, want)
+        a = await w.link.call("open", w.attr.ino, truncate=bool(pflags & FXF_TRUNC))
+        return _Handle(w.link, a.ino, append)
+
+    async def close(self, file_obj: _Handle) -> None:  # type: ignore[override]
+        """Release the engine's open count. A spawn killed meanwhile has nothing to release,
+        and asyncssh's end-of-session cleanup must get through every handle."""
+        try:
+            await file_obj.link.call("release", file_obj.ino)
+        except OSError as e:
+            if e.errno != errno.ESTALE:
+                raise
+
+    async def read(self, file_obj: _Handle, offset: int, size: int) -> bytes:  # type: ignore[override]
+        return await file_obj.link.call("read", file_obj.ino, offset, size)
+
+    async def write(self, file_obj: _Handle, offset: int, data: bytes) -> int:  # type: ignore[override]
+        return await file_obj.link.call("write", file_obj.ino, offset, data,
+                                        append=file_obj.append)
+
+    async def fstat(self, file_obj: _Handle) -> asyncssh.SFTPAttrs:  # type: ignore[override]
+        return to_attrs(await file_obj.link.call("getattr", file_obj.ino))
+
+    async def fsetstat(self, file_obj: _Handle, attrs: asyncssh.SFTPAttrs) -> None:  # type: ignore[override]
+        cur = await file_obj.link.call("getattr", file_obj.ino)
+        await self._setattr(file_obj.link, cur, attrs)
+
+    async def fstatvfs(self, file_obj: _Handle) -> asyncssh.SFTPVFSAttrs:  # type: ignore[override]
+        return await self._statvfs(file_obj.link)
+
+    async def fsync(self, file_obj: _Handle) -> None:  # type: ignore[override]
+        await file_obj.link.call("fsync")
+
+
+def _groups(uid: int, gid: int) -> set[int]:
+    """The groups *uid* is in (its primary *gid* and its supplementary groups)."""
+    try:
+        return set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        return {gid}
