@@ -178,7 +178,7 @@ class VfsSession:
         try:
             if op not in OPS:
                 raise OSError(errno.ENOSYS, f"no operation {op!r}")
-            others = [p for p in self.peers() if p is not self and p.caching] \
+            others = [p for p in self.peers() if p is not self and getattr(p, "caching", False)] \
                 if op not in RETRYABLE else []
             before = await touched_before(self.link, op, args) if others else []
             value = await self.link.call(op, *args, **kw)

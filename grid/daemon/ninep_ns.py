@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from grid.daemon.sharedlink import SharedLink
 from spawn.attr import Attr
 from spawn.engine import ROOT_INO
 from spawn.ninep.locks import Lock, LockTable
@@ -109,7 +110,7 @@ class NamespaceLink:
 
     async def _spawn_call(self, k: int, op: str, *args: Any, **kw: Any) -> Any:
         live = await self._live(self._sid(k))
-        return await live.link.call(op, *args, **kw)
+        return await SharedLink(live).call(op, *args, **kw)
 
     # -- the link -----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from grid.daemon.sharedlink import SharedLink
 from spawn.ninep.locks import LockTable
 from spawn.ninep.messages import NONUNAME
 from spawn.ninep.server import Attachment, Peer, Resolver, Session
@@ -79,6 +80,8 @@ class _SessionHandle:
     """Lets ``grid kill`` (``Daemon._detach_all``) end a 9P session like a vfs session, and
     wait until it has released what it held in the engine (open files, locks), which it
     does on its way out, before the engine goes away."""
+
+    caching = False  # 9P clients cache nothing the daemon must invalidate
 
     def __init__(self, session: Session, task: asyncio.Task[Any] | None) -> None:
         self._session = session
@@ -232,7 +235,7 @@ class NinepService:
             conn.attached[sid] = (live, client)
             live.clients.add(client)
         log.info("9P attach spawn %s by %s (uid %d)", sid, who.user, who.uid)
-        return Attachment(link=live.link, uid=who.uid, gid=gid, groups=frozenset({gid}),
+        return Attachment(link=SharedLink(live), uid=who.uid, gid=gid, groups=frozenset({gid}),
                           locks=self._locks.setdefault(live.info.id, LockTable()),
                           fsid=zlib.crc32(live.info.id.encode()))
 

@@ -33,7 +33,6 @@ chown by root only, chgrp to one's own groups.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -53,9 +52,9 @@ from asyncssh.constants import (
     FXF_WRITE,
 )
 
+from grid.daemon.sharedlink import SharedLink
 from spawn.attr import Attr
 from spawn.fsformat import NAME_MAX
-from spawn.vfsrpc import ACK_TIMEOUT, RETRYABLE, touched, touched_before
 
 log = logging.getLogger("grid.daemon.sftp")
 
@@ -108,33 +107,6 @@ def _sftp_type(mode: int) -> int:
     if stat.S_ISLNK(mode):
         return FILEXFER_TYPE_SYMLINK
     return FILEXFER_TYPE_SPECIAL
-
-
-class SharedLink:
-    """A spawn's link for a client that is not one of the daemon's vfs sessions: each change
-    first has the spawn's caching mounts drop what it makes stale (spawn.vfsrpc.touched),
-    before the change returns here, as VfsSession does for its peers. *sid* names the spawn
-    (a rename or hard link must stay inside one)."""
-
-    def __init__(self, live: Any) -> None:
-        self.live = live
-        self.sid: str = live.info.id
-
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
-        link = self.live.link
-        others = [c.session for c in list(self.live.clients) if c.session.caching] \
-            if op not in RETRYABLE else []
-        before = await touched_before(link, op, list(args)) if others else []
-        try:
-            value = await link.call(op, *args, **kw)
-        except RuntimeError:  # the engine's thread is gone: the spawn was killed meanwhile
-            raise _err(errno.ESTALE, f"spawn {self.sid} is gone") from None
-        if others:
-            items = touched(op, list(args), kw, value, before)
-            if items:
-                await asyncio.wait([asyncio.ensure_future(s.invalidate(items)) for s in others],
-                                   timeout=ACK_TIMEOUT)
-        return value
 
 
 @dataclass(slots=True)

@@ -285,3 +285,35 @@ def test_overlay_limit_moves_changes_into_the_store() -> None:
         assert p.returncode == 2 and "not a size" in p.stderr
     finally:
         n.close()
+
+
+def test_fuse_and_9p_clients_of_one_spawn_stay_coherent(node: Node) -> None:
+    """A change over 9P reaches a mount's kernel cache at once, and a mount keeps working
+    while a 9P session is attached to the same spawn."""
+    import asyncio
+
+    from spawn.ninep.client import Client
+
+    m = node.base / "m"
+    m.mkdir()
+    sid = _spawn(node, "proj", "--mount", str(m))
+    (m / "f").write_text("one")
+    assert (m / "f").read_text() == "one"  # now in the mount's caches
+    sock = str(node.home / "run" / "9p.sock")
+    node.grid("9p", sock, "-a", sid, "write", "/f", input="changed over 9P\n")
+    assert (m / "f").read_text() == "changed over 9P\n"
+
+    async def with_9p_attached() -> None:
+        reader, writer = await asyncio.open_unix_connection(sock)
+        c = Client(reader, writer)
+        try:
+            await c.version(b"9P2000.L")
+            await c.attach(0, b"root", sid.encode(), n_uname=0)
+            for i in range(5):  # each change through the mount tells the 9P session nothing,
+                await asyncio.to_thread((m / f"g{i}").write_text, "x")  # and must not fail
+            assert await asyncio.to_thread(os.listdir, m) == sorted(os.listdir(m))
+        finally:
+            await c.close()
+
+    asyncio.run(with_9p_attached())
+    assert sorted(p.name for p in m.iterdir() if p.name.startswith("g")) == [f"g{i}" for i in range(5)]
