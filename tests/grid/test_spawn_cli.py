@@ -317,3 +317,19 @@ def test_fuse_and_9p_clients_of_one_spawn_stay_coherent(node: Node) -> None:
 
     asyncio.run(with_9p_attached())
     assert sorted(p.name for p in m.iterdir() if p.name.startswith("g")) == [f"g{i}" for i in range(5)]
+
+
+def test_commands_start_without_the_heavy_imports() -> None:
+    """Start-up is most of what `grid spawn` costs a user (DESIGN: it adds only start-up,
+    < 150 ms): building the parser and reaching the daemon must not pull in asyncio, ssl,
+    the engine or the 9P server (command modules import them inside their handlers)."""
+    code = (
+        "import sys\n"
+        "from grid.cli.main import build_parser\n"
+        "from grid.daemon.client import DaemonClient\n"
+        "build_parser()\n"
+        "print(sorted(m for m in ('asyncio', 'ssl', 'spawn.engine', 'spawn.ninep.server',"
+        " 'asyncssh', 'lmdb') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
