@@ -40,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  grid init                       create the grid home\n"
+            "  grid import ~/src proj          a tree becomes the named snapshot proj\n"
+            "  grid spawn proj --mount ~/w     a private writable copy of it, mounted\n"
+            "  grid save 1                     snapshot spawn 1: proj moves to the new root\n"
+            "  grid replicate                  send new blocks and names to the peers\n"
             "  grid store put big.iso          store a file, print its score\n"
-            "  grid store cat blake3:…         stream it back\n"
             "\nThe grid home is $GRID_HOME, else ~/.local/share/grid; --home overrides both."
         ),
     )
