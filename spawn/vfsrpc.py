@@ -28,7 +28,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from spawn.vfslink import OPS, EngineLink
@@ -119,6 +119,36 @@ def touched(op: str, args: list[Any], kw: dict[str, Any], value: Any, before: li
     return items
 
 
+async def call_and_invalidate(link: EngineLink, op: str, args: list[Any], kw: dict[str, Any],
+                              clients: Iterable[Any]) -> Any:
+    """Run *op* on *link*; when it changes something, have every caching client among
+    *clients* (VfsSessions of FUSE mounts) drop what it makes stale before returning: once
+    the caller answers, nobody sees the old state. The wait is bounded (ACK_TIMEOUT): a
+    mount whose kernel is blocked on a lock this change holds must not hold it for ever."""
+    others = [c for c in clients if getattr(c, "caching", False)] if op not in RETRYABLE else []
+    before = await touched_before(link, op, args) if others else []
+    value = await link.call(op, *args, **kw)
+    if others:
+        items = touched(op, args, kw, value, before)
+        if items:
+            await asyncio.wait([asyncio.ensure_future(c.invalidate(items)) for c in others],
+                               timeout=ACK_TIMEOUT)
+    return value
+
+
+def count_opens(opened: dict[int, int], op: str, args: Sequence[Any], kw: dict[str, Any],
+                value: Any) -> None:
+    """Keep *opened* (ino -> open handles) up to date after a successful *op*."""
+    if op == "open" or (op == "create" and kw.get("open")):
+        opened[value.ino] = opened.get(value.ino, 0) + 1
+    elif op == "release":
+        n = opened.get(args[0], 0) - 1
+        if n > 0:
+            opened[args[0]] = n
+        else:
+            opened.pop(args[0], None)
+
+
 def error_of(exc: BaseException) -> tuple[int, str]:
     """(errno, message) for a reply: OSErrors keep their errno, anything else is EIO."""
     if isinstance(exc, OSError) and exc.errno:
@@ -178,16 +208,9 @@ class VfsSession:
         try:
             if op not in OPS:
                 raise OSError(errno.ENOSYS, f"no operation {op!r}")
-            others = [p for p in self.peers() if p is not self and getattr(p, "caching", False)] \
-                if op not in RETRYABLE else []
-            before = await touched_before(self.link, op, args) if others else []
-            value = await self.link.call(op, *args, **kw)
-            self._count(op, args, kw, value)
-            if others:
-                items = touched(op, args, kw, value, before)
-                if items:  # before the reply: once it returns, nobody sees the old state
-                    await asyncio.wait([asyncio.ensure_future(p.invalidate(items)) for p in others],
-                                       timeout=ACK_TIMEOUT)
+            value = await call_and_invalidate(self.link, op, args, kw,
+                                              [p for p in self.peers() if p is not self])
+            count_opens(self.opened, op, args, kw, value)
             reply: list[Any] = [tag, 0, value]
         except Exception as e:
             code, message = error_of(e)
@@ -215,16 +238,6 @@ class VfsSession:
             pass
         finally:
             self._acks.pop(seq, None)
-
-    def _count(self, op: str, args: list[Any], kw: dict[str, Any], value: Any) -> None:
-        if op == "open" or (op == "create" and kw.get("open")):
-            self.opened[value.ino] = self.opened.get(value.ino, 0) + 1
-        elif op == "release":
-            n = self.opened.get(args[0], 0) - 1
-            if n > 0:
-                self.opened[args[0]] = n
-            else:
-                self.opened.pop(args[0], None)
 
     async def shutdown(self) -> None:
         """Stop serving: let requests in progress finish, release what the client held."""
@@ -401,14 +414,7 @@ class RemoteLink:
             except Dropped:
                 if op not in RETRYABLE:
                     raise
-        if op == "open" or (op == "create" and kw.get("open")):
-            self.opened[value.ino] = self.opened.get(value.ino, 0) + 1
-        elif op == "release":
-            n = self.opened.get(args[0], 0) - 1
-            if n > 0:
-                self.opened[args[0]] = n
-            else:
-                self.opened.pop(args[0], None)
+        count_opens(self.opened, op, args, kw, value)
         return value
 
     def close(self) -> None:

@@ -8,12 +8,11 @@ through this link, which does the same before the change returns.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 from typing import Any
 
-from spawn.vfsrpc import ACK_TIMEOUT, RETRYABLE, touched, touched_before
+from spawn.vfsrpc import call_and_invalidate
 
 
 def _err(code: int, what: str = "") -> OSError:
@@ -31,18 +30,8 @@ class SharedLink:
         self.sid: str = live.info.id
 
     async def call(self, op: str, *args: Any, **kw: Any) -> Any:
-        link = self.live.link
-        others = [c.session for c in list(self.live.clients)
-                  if getattr(c.session, "caching", False)] \
-            if op not in RETRYABLE else []
-        before = await touched_before(link, op, list(args)) if others else []
         try:
-            value = await link.call(op, *args, **kw)
+            return await call_and_invalidate(self.live.link, op, list(args), kw,
+                                             [c.session for c in list(self.live.clients)])
         except RuntimeError:  # the engine's thread is gone: the spawn was killed meanwhile
             raise _err(errno.ESTALE, f"spawn {self.sid} is gone") from None
-        if others:
-            items = touched(op, list(args), kw, value, before)
-            if items:
-                await asyncio.wait([asyncio.ensure_future(s.invalidate(items)) for s in others],
-                                   timeout=ACK_TIMEOUT)
-        return value
