@@ -193,7 +193,7 @@ def run_stop(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from grid.daemon.client import connect, socket_path
+    from grid.daemon.client import connect
 
     home = _home(args)
     c = connect(home, start=False)
@@ -201,10 +201,8 @@ def run_stop(args: argparse.Namespace) -> int:
     c.close()
     # Done when the daemon has removed its socket (the last step of its shutdown); waiting on
     # the pid would wait for ever on a daemon that is our own unreaped child.
-    import os
-
     deadline = time.monotonic() + 120
-    while os.path.exists(socket_path(home)) and time.monotonic() < deadline:
+    while home.control_socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"grid: stopped the node daemon (pid {pid})", file=sys.stderr)
     return 0

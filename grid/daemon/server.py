@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import importlib
 import logging
 import os
@@ -430,15 +429,12 @@ class Daemon:
         return result
 
     async def _save(self, live: _Live, name: str) -> bytes:
+        """The long part of the save in a thread of its own, the engine's short steps on its
+        owner thread (spawn.save): clients keep working meanwhile."""
         from spawn.save import save
 
-        assert self.spawner is not None
-        fn = functools.partial(save, live.engine, name=name, user=live.info.owner)
-        if "owner" in save.__kwdefaults__:
-            # Concurrent save: the long part in a thread of its own, the engine's short
-            # steps on its owner thread; clients keep working meanwhile.
-            return await asyncio.to_thread(fn, owner=live.owner)
-        return await asyncio.get_running_loop().run_in_executor(live.executor, fn)
+        return await asyncio.to_thread(save, live.engine, name=name, user=live.info.owner,
+                                       owner=live.owner)
 
     async def _detach_all(self, live: _Live) -> None:
         for c in list(live.clients):
