@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,13 @@ def new_node() -> Node:
     base = Path(tempfile.mkdtemp(prefix="grid-node-", dir="/tmp"))
     os.chmod(base, 0o711)
     return Node(base)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on (for a listener option)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(cond, timeout: float = 15.0, step: float = 0.05) -> bool:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -20,16 +19,11 @@ import pytest
 
 from spawn.ninep.client import Client, ServerError
 from spawn.ninep.messages import NONUNAME
-from tests.grid.gridnode import Node, User, make_user, new_node
+from tests.grid.gridnode import Node, User, free_port, make_user, new_node
 
 if os.geteuid() != 0:
     pytest.skip("runs as root (real users, setpriv)", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Env:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.grid.gridnode import Node, User, make_user, new_node
-from tests.grid.test_ninep_service import free_port
+from tests.grid.gridnode import Node, User, free_port, make_user, new_node
 
 if os.geteuid() != 0:
     pytest.skip("runs as root (real users, setpriv)", allow_module_level=True)

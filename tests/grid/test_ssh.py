@@ -19,18 +19,13 @@ import pytest
 
 from grid.daemon.sftp import split
 from grid.daemon.sshd import parse_listen
-from tests.grid.gridnode import Node, User, make_user, new_node
+from tests.grid.gridnode import Node, User, free_port, make_user, new_node
 
 if os.geteuid() != 0:
     pytest.skip("runs as root (real users, setpriv)", allow_module_level=True)
 if shutil.which("ssh") is None or shutil.which("sftp") is None:
     pytest.skip("needs OpenSSH's ssh and sftp (Debian openssh-client)", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Env:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,17 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.grid.gridnode import Node, User, make_user, new_node, skip_without_mounts, wait_for
+from tests.grid.gridnode import (
+    Node,
+    User,
+    free_port,
+    make_user,
+    new_node,
+    skip_without_mounts,
+    wait_for,
+)
 
 skip_without_mounts()
 if shutil.which("sshfs") is None or shutil.which("ssh") is None:
     pytest.skip("needs sshfs and ssh (Debian sshfs, openssh-client)", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

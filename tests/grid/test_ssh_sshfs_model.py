@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from tests.grid.gridnode import new_node, skip_without_mounts
+from tests.grid.gridnode import free_port, new_node, skip_without_mounts
 from tests.spawn.test_fuse_model import (
     COPIES,
     DIRS,
@@ -42,11 +41,6 @@ if shutil.which("sshfs") is None or shutil.which("ssh") is None:
 
 MIN_STEPS = 300
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

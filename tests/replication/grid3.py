@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
-from tests.grid.gridnode import Node, new_node
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.grid.gridnode import Node, free_port, new_node
 
 
 class Peer:
