@@ -90,6 +90,8 @@ def world() -> Iterator[World]:
 class SshfsVsDisk(FuseVsDisk):
     """FuseVsDisk less what SFTP v3 cannot say (see the module docstring)."""
 
+    links = False  # no link counts or inode numbers over SFTP v3
+
     def __init__(self) -> None:
         """As FuseVsDisk's, but a fresh copy is made without copytree: copystat on a symlink
         becomes an SFTP setstat, which follows the link (v3 has no lsetstat), and fails while
@@ -130,29 +132,6 @@ class SshfsVsDisk(FuseVsDisk):
                 os.close(fd)
 
         self.both(op)
-
-    @staticmethod
-    def state(top: bytes) -> tuple[dict[bytes, dict[str, Any]], list[list[bytes]]]:
-        out: dict[bytes, dict[str, Any]] = {}
-        stack = [b""]
-        while stack:
-            rel = stack.pop()
-            here = os.path.join(top, rel) if rel else top
-            for name in sorted(os.listdir(here)):
-                r = os.path.join(rel, name) if rel else name
-                full = os.path.join(top, r)
-                s = os.lstat(full)
-                d: dict[str, Any] = {"mode": s.st_mode}
-                if stat.S_ISREG(s.st_mode):
-                    d["size"] = s.st_size
-                    with open(full, "rb") as f:
-                        d["data"] = f.read()
-                elif stat.S_ISLNK(s.st_mode):
-                    d["target"] = os.readlink(full)
-                elif stat.S_ISDIR(s.st_mode):
-                    stack.append(r)
-                out[r] = d
-        return out, []
 
 
 def _copy(src: Path, dst: Path) -> None:
