@@ -350,16 +350,16 @@ class Daemon:
             return live
         return await asyncio.shield(fut)
 
-    def _describe(self, info: SpawnInfo, live: _Live | None) -> dict[str, Any]:
+    def _describe(self, live: _Live) -> dict[str, Any]:
         assert self.spawner is not None
-        d = asdict(info)
+        d = asdict(live.info)
         # file data held locally (what an overlay limit bounds), and the overlay's disk use
-        d["changed_bytes"] = live.engine.overlay_bytes if live else None
-        d["overlay_disk_bytes"] = self.spawner.changed_bytes(info.id)
-        d["clients"] = len(live.clients) if live else 0
-        d["mounts"] = sorted({c.mountpoint for c in live.clients if c.mountpoint}) if live else []
-        d["base"] = format_score(live.engine.base) if live else None
-        d["saving"] = bool(live and live.saving)
+        d["changed_bytes"] = live.engine.overlay_bytes
+        d["overlay_disk_bytes"] = self.spawner.changed_bytes(live.info.id)
+        d["clients"] = len(live.clients)
+        d["mounts"] = sorted({c.mountpoint for c in live.clients if c.mountpoint})
+        d["base"] = format_score(live.engine.base)
+        d["saving"] = live.saving
         return d
 
     async def _op_ping(self, uid: int) -> dict[str, Any]:
@@ -376,20 +376,17 @@ class Daemon:
         info = await asyncio.to_thread(
             self.spawner.spawn, r.name or ref, r.score, owner=owner, uid=uid)
         log.info("spawn %s: %s for %s (uid %d)", info.id, info.name, owner, uid)
-        live = await self._get_live(info.id, uid)
-        return self._describe(info, live)
+        return self._describe(await self._get_live(info.id, uid))
 
     async def _op_spawns(self, uid: int) -> list[dict[str, Any]]:
         assert self.spawner is not None
         out = []
         for info in await asyncio.to_thread(self.spawner.list, uid):
-            out.append(self._describe(info, await self._get_live(info.id, uid)))
+            out.append(self._describe(await self._get_live(info.id, uid)))
         return out
 
     async def _op_status(self, uid: int, sid: str) -> dict[str, Any]:
-        assert self.spawner is not None
-        info = self.spawner.get(str(sid), uid)
-        return self._describe(info, await self._get_live(info.id, uid))
+        return self._describe(await self._get_live(str(sid), uid))
 
     async def _op_save(self, uid: int, sid: str, name: str | None = None) -> dict[str, Any]:
         """Snapshot the spawn; record *name* (default: the name it was spawned from) with
