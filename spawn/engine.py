@@ -32,6 +32,7 @@ Errors are OSError with the errno a kernel filesystem would give.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import logging
 import os
@@ -39,6 +40,8 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+
+import lmdb
 
 from spawn.archive import Archive
 from spawn.attr import Attr
@@ -261,7 +264,7 @@ class Engine:
         self.store = store
         self.overlay_limit = overlay_limit
         self.ov = Overlay(overlay_dir)
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             have = self.ov.get_meta(txn, b"base")
             if have is None:
                 if base is None:
@@ -281,6 +284,7 @@ class Engine:
         self.saving: SaveWindow | None = None  # set while a save runs (spawn.save)
         self._spill_retry_at: int | None = None
         self._purge_orphans()
+        self.ov.checkpoint()  # a new spawn is on disk before anyone hears of it
 
     @property
     def base(self) -> Score:
@@ -288,18 +292,27 @@ class Engine:
 
     @property
     def overlay_bytes(self) -> int:
-        """Bytes of file data (pages) in the overlay, as last committed. Safe to read from
-        any thread (a read transaction of its own), e.g. for a status display."""
-        with self.ov.env.begin() as txn:
-            return self.ov.get_u64(txn, META_PAGE_BYTES)
+        """Bytes of file data (pages) in the overlay, as of the last operation. Safe to read
+        from any thread, e.g. for a status display."""
+        return self.ov.page_bytes
 
     def close(self) -> None:
-        """Close the overlay; a save still running is aborted first (spawn.save)."""
+        """Close the overlay (a checkpoint); a save still running is aborted first."""
         if self.saving is not None and self.saving.abort is not None:
             self.saving.abort()
         self.saving = None
-        self.ov.env.sync(True)
         self.ov.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        """The owner's view for an operation that changes nothing: every operation so far,
+        checkpointed or not (spawn.overlay)."""
+        yield self.ov.txn()
+
+    def checkpoint(self) -> None:
+        """Commit what the journal holds (spawn.journal); owner thread. The host calls it
+        when the spawn is idle, so other threads' readers see the latest state."""
+        self.ov.checkpoint()
 
     # -- inodes ------------------------------------------------------------------------
 
@@ -425,13 +438,13 @@ class Engine:
     # -- the operations ------------------------------------------------------------------
 
     def getattr(self, ino: int) -> Attr:
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             return _attr(ino, self._need(txn, ino).inode)
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG, os.fsdecode(name[:32]) + "…")
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             d = self._dir(txn, parent)
             ino = self._lookup(txn, parent, d, name)
             if ino is None:
@@ -439,13 +452,13 @@ class Engine:
             return _attr(ino, self._need(txn, ino).inode)
 
     def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             d = self._dir(txn, ino)
             return [(n, _attr(i, self._need(txn, i).inode)) for n, i in self._entries(txn, ino, d)]
 
     def _make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *, rdev: int = 0, target: bytes = b"") -> Attr:
         name = self._name(name)
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             d = self._dir(txn, parent)
             if self._lookup(txn, parent, d, name) is not None:
                 raise _err(errno.EEXIST, os.fsdecode(name))
@@ -485,7 +498,7 @@ class Engine:
         return self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid, target=target)
 
     def readlink(self, ino: int) -> bytes:
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             o = self._need(txn, ino)
             if not o.inode.is_symlink():
                 raise _err(errno.EINVAL)
@@ -493,7 +506,7 @@ class Engine:
 
     def link(self, ino: int, parent: int, name: bytes) -> Attr:
         name = self._name(name)
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             o = self._need(txn, ino)
             d = self._dir(txn, parent)
             if self._lookup(txn, parent, d, name) is not None:  # the kernel checks this first
@@ -514,11 +527,15 @@ class Engine:
         cur = txn.cursor(db=self.ov.pages)
         prefix = ino_bytes(ino)
         freed = 0
+        doomed = []
         if cur.set_range(prefix):
-            while cur.key().startswith(prefix):
-                freed += len(cur.value()) - 8
-                if not cur.delete():
+            for k, v in cur:
+                if not k.startswith(prefix):
                     break
+                freed += len(v) - 8
+                doomed.append(k)
+        for k in doomed:
+            txn.delete(k, db=self.ov.pages)
         self._count_pages(txn, -freed)
 
     def _count_pages(self, txn, delta: int) -> None:
@@ -541,7 +558,7 @@ class Engine:
             self._open[ino] = n
             return
         self._open.pop(ino, None)
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             v = txn.get(ino_bytes(ino), db=self.ov.inodes)
             if v is not None:
                 o = decode_oinode(v)
@@ -550,7 +567,7 @@ class Engine:
 
     def _purge_orphans(self) -> None:
         """After a restart nothing is open: orphans left by the last run go."""
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             doomed = []
             for k, v in txn.cursor(db=self.ov.inodes):
                 o = decode_oinode(v)
@@ -577,7 +594,7 @@ class Engine:
         return d, ino, self._need(txn, ino)
 
     def unlink(self, parent: int, name: bytes) -> None:
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             d, ino, o = self._child(txn, parent, name)
             if o.inode.is_dir():
                 raise _err(errno.EISDIR, os.fsdecode(name))
@@ -588,7 +605,7 @@ class Engine:
     def rmdir(self, parent: int, name: bytes) -> None:
         if name in (b".", b".."):
             raise _err(errno.EINVAL if name == b"." else errno.ENOTEMPTY)
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             d, ino, o = self._child(txn, parent, name)
             if not o.inode.is_dir():
                 raise _err(errno.ENOTDIR, os.fsdecode(name))
@@ -598,9 +615,15 @@ class Engine:
             self._touch(txn, parent, d, nlink=d.inode.nlink - 1)
             self._drop_inode(txn, ino, o)
 
-    def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, *, noreplace: bool = False, exchange: bool = False) -> None:
+    def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, *, noreplace: bool = False,
+               exchange: bool = False, whiteout: tuple[int, int] | None = None) -> None:
+        """rename(2), and renameat2's flags: *noreplace*, *exchange*, and *whiteout* (uid,
+        gid): leave a whiteout (a 0/0 character device of that owner) at the old name, in the
+        same operation, as overlayfs asks of the filesystem under it."""
         n2 = self._name(n2)
-        with self.ov.env.begin(write=True) as txn:
+        if whiteout is not None and exchange:
+            raise _err(errno.EINVAL, "RENAME_WHITEOUT with RENAME_EXCHANGE")
+        with self.ov.op() as txn:
             d1 = self._dir(txn, p1)
             src = self._lookup(txn, p1, d1, n1)
             if src is None:
@@ -646,6 +669,13 @@ class Engine:
                     self._unlinked(txn, dst, do)
             self._set_dirent(txn, p1, d1, n1, None)
             self._set_dirent(txn, p2, d2, n2, src, so.inode.mode)  # d2 gives the base tree only
+            if whiteout is not None:
+                wino = self._new_ino(txn)
+                now = time.time_ns()
+                w = Inode(mode=stat.S_IFCHR, uid=whiteout[0], gid=whiteout[1], nlink=1,
+                          atime_ns=now, mtime_ns=now, ctime_ns=now)
+                self._put(txn, wino, OInode(w, 0, 0, self._gen(txn)))
+                self._set_dirent(txn, p1, d1, n1, wino, stat.S_IFCHR)
             moved_dir = so.inode.is_dir() and p1 != p2
             self._touch_dir(txn, p1, -1 if moved_dir else 0)
             if p1 != p2:
@@ -682,7 +712,7 @@ class Engine:
     # -- contents ----------------------------------------------------------------------
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             o = self._need(txn, ino)
             if o.inode.is_dir():
                 raise _err(errno.EISDIR)
@@ -691,7 +721,7 @@ class Engine:
             return self.files.read(txn, ino, o, offset, size)
 
     def write(self, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             o = self._need(txn, ino)
             if not o.inode.is_reg():
                 raise _err(errno.EISDIR if o.inode.is_dir() else errno.EINVAL)
@@ -736,27 +766,32 @@ class Engine:
             last = size // PAGE_SIZE
             cur = txn.cursor(db=self.ov.pages)
             freed = 0
+            todo: list[tuple[bytes, bytes | None]] = []  # (key, kept part or None: delete)
+            prefix = ino_bytes(ino)
             if cur.set_range(page_key(ino, last)):
-                while cur.key()[:8] == ino_bytes(ino):
-                    pg = int.from_bytes(cur.key()[8:], "big")
-                    v = cur.value()
+                for k, v in cur:
+                    if k[:8] != prefix:
+                        break
+                    pg = int.from_bytes(k[8:], "big")
                     if pg == last and size % PAGE_SIZE:
                         keep = v[: 8 + size % PAGE_SIZE]
                         freed += len(v) - len(keep)
-                        cur.put(cur.key(), keep)
-                        if not cur.next():
-                            break
+                        todo.append((k, keep))
                         continue
                     freed += len(v) - 8
-                    if not cur.delete():
-                        break
+                    todo.append((k, None))
+            for k, keep in todo:
+                if keep is None:
+                    txn.delete(k, db=self.ov.pages)
+                else:
+                    txn.put(k, keep, db=self.ov.pages)
             self._count_pages(txn, -freed)
         limit = min(o.base_limit, size)
         return OInode(o.inode, limit, o.flags, o.gen)
 
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> Attr:
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             o = self._need(txn, ino)
             kw: dict[str, object] = {}
             if size is not None:
@@ -813,16 +848,16 @@ class Engine:
         carry content newer than the snapshot, which the rebase keeps as it is.
         """
         per_file: dict[bytes, int] = {}
-        with self.ov.env.begin(buffers=True) as txn:
+        with self._reading() as txn:
             for k, v in txn.cursor(db=self.ov.pages):
-                key = bytes(k[:8])
+                key = k[:8]
                 per_file[key] = per_file.get(key, 0) + len(v) - 8
         used = sum(per_file.values())
         if used <= target:
             return 0
         order = sorted(per_file.items(), key=lambda kv: (-kv[1], kv[0]))
         moved = 0
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             gen = self._gen(txn)
             spilled = []
             for key, n in order:
@@ -846,20 +881,20 @@ class Engine:
     # -- xattrs ------------------------------------------------------------------------
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             for k, v in self._need(txn, ino).inode.xattrs:
                 if k == name:
                     return v
         raise _err(errno.ENODATA, os.fsdecode(name))
 
     def listxattr(self, ino: int) -> list[bytes]:
-        with self.ov.env.begin() as txn:
+        with self._reading() as txn:
             return [k for k, _ in self._need(txn, ino).inode.xattrs]
 
     def setxattr(self, ino: int, name: bytes, value: bytes, *, create: bool = False, replace: bool = False) -> None:
         if not name or len(name) > 255 or len(value) > _XATTR_MAX:
             raise _err(errno.ERANGE if name else errno.EINVAL)
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             o = self._need(txn, ino)
             attrs = dict(o.inode.xattrs)
             if create and name in attrs:
@@ -870,7 +905,7 @@ class Engine:
             self._touch(txn, ino, o, m=False, xattrs=tuple(sorted(attrs.items())))
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        with self.ov.env.begin(write=True) as txn:
+        with self.ov.op() as txn:
             o = self._need(txn, ino)
             attrs = dict(o.inode.xattrs)
             if name not in attrs:
@@ -881,7 +916,8 @@ class Engine:
     # -- durability --------------------------------------------------------------------
 
     def fsync(self) -> None:
-        self.ov.env.sync(True)
+        """Everything so far survives a machine crash (spawn.journal)."""
+        self.ov.sync()
 
     def statfs(self) -> tuple[int, int, int]:
         """(total, free, available) bytes of the disk that holds this spawn's overlay: what

@@ -66,9 +66,18 @@ log = logging.getLogger(__name__)
 MOUNT_OPTIONS = ("fsname=grid", "subtype=grid", "default_permissions", "allow_other")
 TIMEOUT = 0.0  # entry and attribute timeouts, seconds: see the module docstring
 READAHEAD_KB = 1024  # see set_readahead
-BLKSIZE = 128 << 10  # the I/O size we suggest to programs: FUSE's largest read request
+BLKSIZE = 4096  # st_blksize, as ext4 says: programs size their buffers by it
 _CACHED_MAX = 1 << 16
-_RENAME_KNOWN = pyfuse3.RENAME_NOREPLACE | pyfuse3.RENAME_EXCHANGE
+RENAME_WHITEOUT = 1 << 2  # renameat2's flag, which pyfuse3 does not name
+_RENAME_KNOWN = pyfuse3.RENAME_NOREPLACE | pyfuse3.RENAME_EXCHANGE | RENAME_WHITEOUT
+CAPS = b"security.capability"
+
+#: Inodes known to have no security.capability attribute. The kernel asks for it before
+#: every write (to drop file capabilities, as it drops setuid), which would cost a round
+#: trip to the engine per write; the answer is kept here until the inode changes (an
+#: invalidation from the daemon, or a setxattr/removexattr through this mount). One FUSE
+#: session per process, so one set per process.
+_NO_CAPS: set[int] = set()
 
 T = TypeVar("T")
 
@@ -103,6 +112,7 @@ class _File:
 
 @dataclass(slots=True)
 class _Dir:
+    ino: int
     entries: list[tuple[bytes, Attr]] = field(default_factory=list)  # snapshot at opendir
 
 
@@ -154,6 +164,7 @@ class GridFS(pyfuse3.Operations):
         self._files: dict[int, _File] = {}
         self._dirs: dict[int, _Dir] = {}
         self._cached: dict[int, int] = {}  # ino -> ctime_ns when the kernel last opened it
+        self._parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}  # dir -> parent, for ".."
         self.readahead: tuple[str, int] | None = None  # set at the first open: see set_readahead
 
     async def _call(self, op: str, *args: Any, **kw: Any) -> Any:
@@ -171,7 +182,15 @@ class GridFS(pyfuse3.Operations):
             return self._entry(await self._call("getattr", parent_inode))
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        return self._entry(await self._call("lookup", parent_inode, name))
+        a = await self._call("lookup", parent_inode, name)
+        if stat.S_ISDIR(a.mode):
+            self._note_parent(a.ino, parent_inode)
+        return self._entry(a)
+
+    def _note_parent(self, ino: int, parent: int) -> None:
+        if len(self._parents) >= _CACHED_MAX:
+            self._parents = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
+        self._parents[ino] = parent
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """Nothing to do: inode numbers are persistent and the engine keeps no lookup counts."""
@@ -212,7 +231,9 @@ class GridFS(pyfuse3.Operations):
     @_handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self._call("mkdir", parent_inode, name, mode, ctx.uid, ctx.gid))
+        a = await self._call("mkdir", parent_inode, name, mode, ctx.uid, ctx.gid)
+        self._note_parent(a.ino, parent_inode)
+        return self._entry(a)
 
     @_handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
@@ -236,10 +257,12 @@ class GridFS(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         if flags & ~_RENAME_KNOWN:
-            raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_WHITEOUT: overlayfs only
-        await self._call("rename", parent_inode_old, name_old, parent_inode_new, name_new,
-                         noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
-                         exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        kw: dict[str, Any] = {"noreplace": bool(flags & pyfuse3.RENAME_NOREPLACE),
+                              "exchange": bool(flags & pyfuse3.RENAME_EXCHANGE)}
+        if flags & RENAME_WHITEOUT:  # the kernel has checked CAP_MKNOD
+            kw["whiteout"] = (ctx.uid, ctx.gid)
+        await self._call("rename", parent_inode_old, name_old, parent_inode_new, name_new, **kw)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -315,17 +338,37 @@ class GridFS(pyfuse3.Operations):
         """Snapshot the listing, so that offsets stay valid while the directory changes:
         no entry is skipped or repeated within one pass (readdir's rule)."""
         entries = await self._call("readdir", inode)
+        for _name, a in entries:
+            if stat.S_ISDIR(a.mode):
+                self._note_parent(a.ino, inode)
         fh = next(self._fh)
-        self._dirs[fh] = _Dir(entries)
+        self._dirs[fh] = _Dir(inode, entries)
         return fh
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs[fh].entries
-        for i in range(start_id, len(entries)):
+        """``.`` and ``..`` first (offsets 1 and 2), then the snapshot. The kernel makes no
+        dentries of the two dot entries; their inode numbers are what getdents shows."""
+        d = self._dirs[fh]
+        if start_id < 2:
+            here = await self._call("getattr", d.ino)
+            up = self._parents.get(d.ino, d.ino)
+            dots = [(b".", here), (b"..", here if up == d.ino else await self._parent_attr(up, here))]
+            for i in range(start_id, 2):
+                if not pyfuse3.readdir_reply(token, dots[i][0], self._entry(dots[i][1]), i + 1):
+                    return
+            start_id = 2
+        entries = d.entries
+        for i in range(start_id - 2, len(entries)):
             name, a = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1):
+            if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 3):
                 break
+
+    async def _parent_attr(self, ino: int, fallback: Attr) -> Attr:
+        try:
+            return await self._call("getattr", ino)
+        except OSError:
+            return fallback
 
     @_handler
     async def releasedir(self, fh: int) -> None:
@@ -354,11 +397,21 @@ class GridFS(pyfuse3.Operations):
 
     @_handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _NO_CAPS.discard(inode)
         await self._call("setxattr", inode, name, value)
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self._call("getxattr", inode, name)
+        if name == CAPS and inode in _NO_CAPS:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        try:
+            return await self._call("getxattr", inode, name)
+        except OSError as e:
+            if name == CAPS and e.errno == errno.ENODATA:
+                if len(_NO_CAPS) >= _CACHED_MAX:
+                    _NO_CAPS.clear()
+                _NO_CAPS.add(inode)
+            raise
 
     @_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -366,6 +419,7 @@ class GridFS(pyfuse3.Operations):
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _NO_CAPS.discard(inode)
         await self._call("removexattr", inode, name)
 
 
@@ -376,6 +430,10 @@ async def invalidate(items: Sequence[Sequence[Any]]) -> None:
     cached name or negative entry. The kernel calls may block on locks held by requests in
     progress, so they run on a thread, never in a request handler (pyfuse3's rule);
     ENOENT means the kernel had nothing cached, which is fine."""
+
+    for item in items:
+        if item[0] == "i":
+            _NO_CAPS.discard(item[1])
 
     def run() -> None:
         for item in items:

@@ -19,17 +19,27 @@ points the inode record at a newer tree. Every change is stamped with the genera
 when it was made: a save snapshots the overlay at generation G (an LMDB read transaction,
 while writers go on; later changes carry G + 1), writes the new archive, then drops from the
 overlay what was at or below G, which the new base now holds (spawn.save has the rules).
+
+Durability without a flush per operation (spawn.journal): the owner thread's operations go
+into one long LMDB write transaction, each recorded in the journal before it returns, and the
+transaction is committed with a flush at checkpoints (every CHECKPOINT_SECONDS, or when the
+journal passes CHECKPOINT_BYTES, before a save, at close). Other threads read only what the
+last checkpoint committed; the owner's reads see everything (the open transaction).
 """
 
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lmdb
 
 from spawn.fsformat import Inode, decode_inode, encode_inode
+from spawn.journal import DELETE, PUT, Entry, Journal, decode_records
 from store.score import NULL_SCORE, Score
 
 PAGE_SIZE = 64 << 10
@@ -38,6 +48,10 @@ _U64 = struct.Struct(">Q")
 _IHEAD = struct.Struct(">QQB")
 _DHEAD = struct.Struct(">QB")
 _DENT = struct.Struct(">QB")
+
+META_JSEQ = b"jseq"  # the last journal record a checkpoint includes
+CHECKPOINT_SECONDS = 5.0  # commit the owner's transaction at least this often (when busy)
+CHECKPOINT_BYTES = 32 << 20  # ... or when the journal holds this much
 
 FLAG_DELETED = 1  # the inode is gone (no names, not open)
 FLAG_ORPHAN = 2  # no names left but still open: data kept until the last release
@@ -103,6 +117,50 @@ def decode_odirent(buf: bytes) -> ODirent:
     return ODirent(gen, ino, dtype)
 
 
+class JournaledTxn:
+    """The owner's write transaction as one operation sees it: reads go straight to LMDB;
+    puts and deletes are recorded for the journal, and each remembers the value it replaced,
+    so a failing operation is undone without a nested LMDB transaction (which would copy
+    every page it touches). Cursors are for reading only."""
+
+    __slots__ = ("_dbnum", "entries", "txn", "undo")
+
+    def __init__(self, txn: lmdb.Transaction, dbnum: dict[object, int]) -> None:
+        self.txn = txn
+        self._dbnum = dbnum
+        self.entries: list[Entry] = []
+        self.undo: list[tuple[object, bytes, bytes | None]] = []
+
+    def get(self, key: bytes, default: object = None, db: object = None) -> bytes | None:
+        return self.txn.get(key, default, db=db)
+
+    def cursor(self, db: object = None) -> lmdb.Cursor:
+        return self.txn.cursor(db=db)
+
+    def put(self, key: bytes, value: bytes, db: object = None) -> None:
+        self.undo.append((db, key, self.txn.get(key, db=db)))
+        self.txn.put(key, value, db=db)
+        self.entries.append((PUT, self._dbnum[db], key, bytes(value)))
+
+    def delete(self, key: bytes, db: object = None) -> bool:
+        old = self.txn.get(key, db=db)
+        if old is None:
+            return False
+        self.undo.append((db, key, old))
+        self.txn.delete(key, db=db)
+        self.entries.append((DELETE, self._dbnum[db], key, b""))
+        return True
+
+    def rollback(self) -> None:
+        for db, key, old in reversed(self.undo):
+            if old is None:
+                self.txn.delete(key, db=db)
+            else:
+                self.txn.put(key, old, db=db)
+        self.undo.clear()
+        self.entries.clear()
+
+
 class Overlay:
     """The LMDB environment of one spawn. The engine's owner thread makes every change; other
     threads only read, each through a transaction of its own (a running save's snapshot, a
@@ -116,8 +174,101 @@ class Overlay:
         self.inodes = self.env.open_db(b"inodes")
         self.dirents = self.env.open_db(b"dirents")
         self.pages = self.env.open_db(b"pages")
+        self._dbs = (self.meta, self.inodes, self.dirents, self.pages)  # journal db numbers
+        self._dbnum = {db: i for i, db in enumerate(self._dbs)}
+        self.journal = Journal(self.path / "journal")
+        self._txn: lmdb.Transaction | None = None
+        self._since = time.monotonic()  # when the open transaction began
+        self.seq = self._replay()
+        self.page_bytes = self._read_page_bytes()
+        self.checkpoints = 0
+
+    def _read_page_bytes(self) -> int:
+        with self.env.begin() as txn:
+            return self.get_u64(txn, META_PAGE_BYTES)
+
+    def _replay(self) -> int:
+        """Apply the journal's records after the last checkpoint; return the last seq."""
+        with self.env.begin() as txn:
+            seq = self.get_u64(txn, META_JSEQ)
+        buf = self.journal.read_all()
+        if not buf:
+            return seq
+        applied = 0
+        with self.env.begin(write=True) as txn:
+            for rseq, entries in decode_records(buf):
+                if rseq <= seq:
+                    continue  # the checkpoint holds it (its truncation was lost)
+                if rseq != seq + 1:
+                    break
+                for kind, db, key, value in entries:
+                    if kind == PUT:
+                        txn.put(key, value, db=self._dbs[db])
+                    else:
+                        txn.delete(key, db=self._dbs[db])
+                seq = rseq
+                applied += 1
+            self.put_u64(txn, META_JSEQ, seq)
+        self.journal.reset()
+        return seq
+
+    # -- the owner's transaction -----------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """Are there operations the last checkpoint does not hold?"""
+        return self._txn is not None
+
+    def txn(self) -> lmdb.Transaction:
+        """The owner thread's transaction: everything up to now, checkpointed or not. Owner
+        thread only; for reading (changes go through ``op``)."""
+        if self._txn is None:
+            self._txn = self.env.begin(write=True)
+            self._since = time.monotonic()
+        return self._txn
+
+    @contextmanager
+    def op(self) -> Iterator[JournaledTxn]:
+        """One operation's changes: all of them or (on an exception) none, journaled before
+        the block ends, so that the operation survives a kill of the process."""
+        jt = JournaledTxn(self.txn(), self._dbnum)
+        try:
+            yield jt
+        except BaseException:
+            jt.rollback()
+            raise
+        if jt.entries:
+            self.seq += 1
+            self.journal.append(self.seq, jt.entries)
+            for kind, db, key, value in jt.entries:
+                if db == 0 and key == META_PAGE_BYTES and kind == PUT:
+                    self.page_bytes = _U64.unpack(value)[0]
+        if (self.journal.size >= CHECKPOINT_BYTES
+                or time.monotonic() - self._since >= CHECKPOINT_SECONDS):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Commit the owner's transaction with a flush; the journal starts afresh. Owner
+        thread only. Afterwards other threads' read transactions see everything."""
+        if self._txn is None:
+            return
+        txn, self._txn = self._txn, None
+        try:
+            self.put_u64(txn, META_JSEQ, self.seq)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        self.journal.reset()
+        self.checkpoints += 1
+
+    def sync(self) -> None:
+        """fsync: every operation so far survives a machine crash (the journal's flush)."""
+        self.journal.flush()
 
     def close(self) -> None:
+        self.checkpoint()
+        self.journal.close()
         self.env.close()
 
     def get_meta(self, txn: lmdb.Transaction, key: bytes) -> bytes | None:

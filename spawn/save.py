@@ -144,9 +144,10 @@ class SaveJob:
         e = self.engine
         if e.saving is not None:
             raise SaveBusy("a save of this spawn is already running; try again when it ends")
-        with e.ov.env.begin(write=True) as txn:
+        with e.ov.op() as txn:
             g = e._gen(txn)
             e.ov.put_u64(txn, b"gen", g + 1)
+        e.ov.checkpoint()  # other threads read committed state only (spawn.overlay)
         self._txn = e.ov.env.begin()  # nothing can commit in between: this is the owner
         self.gen = g
         self._old = e.archive.score
@@ -272,6 +273,7 @@ def _rebase(e: Engine, score: Score, gen: int, window: SaveWindow,
             snap: dict[int, Inode | None]) -> None:
     """The spawn now stands on *score*, saved at generation *gen*: keep what came after."""
     ov = e.ov
+    ov.checkpoint()  # the rebase is one flushed transaction of its own, after the journal's
     with ov.env.begin(write=True, buffers=True) as txn:
         # (buffers: values are read in place, not copied; cursor.key() is empty past the
         # end, and delete() moves the cursor to the next record.)
@@ -330,4 +332,5 @@ def _rebase(e: Engine, score: Score, gen: int, window: SaveWindow,
         txn.put(b"base", bytes(score), db=ov.meta)
         ov.put_u64(txn, META_PAGE_BYTES, page_bytes)
     ov.env.sync(True)
+    ov.page_bytes = page_bytes
     e.archive = Archive(e.store, score)

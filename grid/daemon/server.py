@@ -9,10 +9,11 @@ One process per home (the store's writer lock makes sure of it). It listens on
 * ``run/blocks.sock`` (mode 0600): the block protocol (store.server), so that the home's
   owner can run ``grid import`` and ``grid store`` while the daemon holds the store.
 
-Threads: every spawn's engine runs on its own single-thread executor, shared by every client
-of the spawn (invariant 8): requests reach it in arrival order and each is one LMDB
-transaction. A save runs in a thread of its own and reaches the engine through that
-executor for its short steps, so clients keep working while the new blocks are written.
+Threads: every spawn's engine is owned by its host (spawn.host.SpawnHost), a thread that
+serves the spawn's attached mounts directly and runs the daemon's other requests for it (9P,
+SFTP, control) between theirs, so every client of the spawn goes through one engine
+(invariant 8). A save runs in a thread of its own and reaches the engine through the host
+for its short steps, so clients keep working while the new blocks are written.
 
 Control commands (docs/daemon.md has the wire format): ``ping``, ``spawn``, ``spawns``,
 ``save``, ``kill``, ``stop``, and ``attach``, which turns the connection into a vfs session.
@@ -32,16 +33,15 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from grid.errors import UserError
 from grid.home import GridHome
 from spawn.engine import Engine
+from spawn.host import SpawnHost, take_socket
 from spawn.spawner import Spawner, SpawnError, SpawnInfo, SpawnLimit, SpawnNotFound
-from spawn.vfslink import LocalLink
-from spawn.vfsrpc import FrameError, VfsSession, encode, error_of, parse_request, read_frame
+from spawn.vfsrpc import FrameError, encode, error_of, parse_request, read_frame
 from store.score import format_score
 
 log = logging.getLogger("grid.daemon")
@@ -76,28 +76,26 @@ SERVICE_MODULES: tuple[str, ...] = (
 
 
 @dataclass(eq=False)
-class _Client:
-    """An attached session and where it comes from, for ``grid spawns``."""
-
-    session: VfsSession
-    uid: int
-    mountpoint: str
-
-
-@dataclass(eq=False)
 class _Live:
-    """A spawn whose engine is open: its owner thread and its attached clients."""
+    """A spawn whose engine is open: its host (the owner thread, which serves the attached
+    mounts itself) and the daemon's other clients of it (9P sessions), for ``grid kill``
+    and ``grid spawns``."""
 
     info: SpawnInfo
     engine: Engine
-    executor: ThreadPoolExecutor
-    link: LocalLink
-    clients: set[_Client] = field(default_factory=set)
+    host: SpawnHost
+    clients: set[Any] = field(default_factory=set)  # .uid, .mountpoint, .session.shutdown()
     saving: bool = False
+
+    @property
+    def link(self) -> SpawnHost:
+        """The spawn's engine for an in-daemon client: calls run on the host and announce
+        their changes to caching mounts first (spawn.host)."""
+        return self.host
 
     def owner(self, fn: Callable[[], Any]) -> Any:
         """Run *fn* on the engine's thread and wait for it (for a save's short steps)."""
-        return self.executor.submit(fn).result()
+        return self.host.run(fn)
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -209,8 +207,7 @@ class Daemon:
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=10)
         for sid, live in list(self._live.items()):
-            await asyncio.get_running_loop().run_in_executor(live.executor, live.engine.close)
-            live.executor.shutdown(wait=True)
+            await asyncio.to_thread(live.host.close)
             del self._live[sid]
         if self.store is not None:
             self.store.close()
@@ -334,16 +331,14 @@ class Daemon:
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._opening[sid] = fut
-            ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"spawn-{sid}")
             try:
-                engine = await asyncio.get_running_loop().run_in_executor(ex, self.spawner.engine, sid)
+                engine = await asyncio.to_thread(self.spawner.engine, sid)
             except BaseException as e:
-                ex.shutdown(wait=False)
                 del self._opening[sid]
                 fut.set_exception(e)
                 fut.exception()  # retrieved: waiters re-raise it
                 raise
-            live = _Live(info, engine, ex, LocalLink(engine, ex))
+            live = _Live(info, engine, SpawnHost(engine, sid))
             self._live[sid] = live
             del self._opening[sid]
             fut.set_result(live)
@@ -356,8 +351,9 @@ class Daemon:
         # file data held locally (what an overlay limit bounds), and the overlay's disk use
         d["changed_bytes"] = live.engine.overlay_bytes
         d["overlay_disk_bytes"] = self.spawner.changed_bytes(live.info.id)
-        d["clients"] = len(live.clients)
-        d["mounts"] = sorted({c.mountpoint for c in live.clients if c.mountpoint})
+        mounts = live.host.clients
+        d["clients"] = len(live.clients) + len(mounts)
+        d["mounts"] = sorted({c.mountpoint for c in mounts if c.mountpoint})
         d["base"] = format_score(live.engine.base)
         d["saving"] = live.saving
         return d
@@ -406,7 +402,7 @@ class Daemon:
             raise Refused(errno.EBUSY, f"spawn {sid} is being saved already")
         live.saving = True
         try:
-            prev = await asyncio.get_running_loop().run_in_executor(live.executor, lambda: live.engine.base)
+            prev = await asyncio.wrap_future(live.host.submit(lambda: live.engine.base))
             t0 = time.monotonic()
             score = await self._save(live, name or "")
             took = time.monotonic() - t0
@@ -436,6 +432,7 @@ class Daemon:
     async def _detach_all(self, live: _Live) -> None:
         for c in list(live.clients):
             await c.session.shutdown()
+        await asyncio.to_thread(live.host.detach_all)
 
     async def _op_kill(self, uid: int, sid: str) -> dict[str, Any]:
         assert self.spawner is not None
@@ -446,9 +443,10 @@ class Daemon:
             if live.saving:
                 self._live[sid] = live
                 raise Refused(errno.EBUSY, f"spawn {sid} is being saved; kill it afterwards")
-            await self._detach_all(live)
-            await asyncio.get_running_loop().run_in_executor(live.executor, self.spawner.kill, sid)
-            live.executor.shutdown(wait=True)
+            for c in list(live.clients):
+                await c.session.shutdown()
+            spawner = self.spawner
+            await asyncio.to_thread(live.host.close, lambda: spawner.kill(sid))
         else:
             await asyncio.to_thread(self.spawner.kill, sid)
         log.info("kill %s (%s of %s)", sid, info.name, info.owner)
@@ -470,20 +468,19 @@ class Daemon:
             writer.write(encode([tag, *self._error("attach", e)]))
             await writer.drain()
             return
-        session = VfsSession(reader, writer, live.link, caching=bool(kw.get("cache")),
-                             peers=lambda: [c.session for c in live.clients])
-        client = _Client(session, uid, str(kw.get("mountpoint") or ""))
-        live.clients.add(client)
         info = live.info
+        mountpoint = str(kw.get("mountpoint") or "")
         writer.write(encode([tag, 0, {"id": info.id, "owner": info.owner, "uid": info.uid,
                                       "name": info.name}]))
         await writer.drain()
-        log.info("spawn %s: attached uid %d%s", info.id, uid,
-                 f" at {client.mountpoint}" if client.mountpoint else "")
+        # From here on the spawn's host serves the connection on its own thread.
+        sock, leftover = take_socket(writer, reader)
+        done = live.host.attach(sock, uid=uid, mountpoint=mountpoint,
+                                caching=bool(kw.get("cache")), leftover=leftover)
+        log.info("spawn %s: attached uid %d%s", info.id, uid, f" at {mountpoint}" if mountpoint else "")
         try:
-            await session.run()
+            await asyncio.wrap_future(done)
         finally:
-            live.clients.discard(client)
             log.info("spawn %s: detached uid %d", info.id, uid)
 
 

@@ -2,8 +2,8 @@
 
 A FUSE mount caches names and attributes and relies on the daemon to say what other clients
 change (docs/daemon.md, "Cache invalidation"). Changes made through a mount's vfs session are
-announced by spawn.vfsrpc.VfsSession; changes made by the daemon's in-process exporters go
-through this link, which does the same before the change returns.
+announced by the spawn's host (spawn.host) to the other mounts before the change returns; the
+daemon's in-process exporters (9P, SFTP) reach the engine through the same host.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import errno
 import os
 from typing import Any
 
-from spawn.vfsrpc import call_and_invalidate
+from spawn.host import HostClosed
 
 
 def _err(code: int, what: str = "") -> OSError:
@@ -20,10 +20,9 @@ def _err(code: int, what: str = "") -> OSError:
 
 
 class SharedLink:
-    """A spawn's link for a client that is not one of the daemon's vfs sessions: each change
-    first has the spawn's caching mounts drop what it makes stale (spawn.vfsrpc.touched),
-    before the change returns here, as VfsSession does for its peers. *sid* names the spawn
-    (a rename or hard link must stay inside one)."""
+    """A spawn's link for a client that is not an attached mount: each change first has the
+    spawn's caching mounts drop what it makes stale (spawn.host), before the change returns
+    here. *sid* names the spawn (a rename or hard link must stay inside one)."""
 
     def __init__(self, live: Any) -> None:
         self.live = live
@@ -31,7 +30,6 @@ class SharedLink:
 
     async def call(self, op: str, *args: Any, **kw: Any) -> Any:
         try:
-            return await call_and_invalidate(self.live.link, op, list(args), kw,
-                                             [c.session for c in list(self.live.clients)])
-        except RuntimeError:  # the engine's thread is gone: the spawn was killed meanwhile
+            return await self.live.host.call(op, *args, **kw)
+        except HostClosed:  # the spawn was killed meanwhile
             raise _err(errno.ESTALE, f"spawn {self.sid} is gone") from None

@@ -344,8 +344,7 @@ class EngineVsDisk(RuleBasedStateMachine):
     def overlay_bounded(self):
         """The page-byte count is exact, and within the limit after every step (a write that
         passes the limit spills before it returns)."""
-        with self.e.ov.env.begin() as txn:
-            assert self.e.overlay_bytes == self.e.ov.count_page_bytes(txn)
+        assert self.e.overlay_bytes == self.e.ov.count_page_bytes(self.e.ov.txn())
         if self.overlay_limit is not None:
             assert self.e.overlay_bytes <= self.overlay_limit
 

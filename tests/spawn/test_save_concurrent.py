@@ -118,8 +118,7 @@ def rmdir(e: Engine, path: str) -> None:
 
 
 def page_bytes_exact(e: Engine) -> bool:
-    with e.ov.env.begin() as txn:
-        return e.overlay_bytes == e.ov.count_page_bytes(txn)
+    return e.overlay_bytes == e.ov.count_page_bytes(e.ov.txn())
 
 
 def make_source(d: Path) -> Path:

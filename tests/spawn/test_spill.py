@@ -230,6 +230,7 @@ def test_an_overlay_without_a_page_count_gets_one(tmp_path):
         write(sp.e, "a", 0, b"q" * 200_000)
         n = sp.e.overlay_bytes
         assert n > 0 and page_bytes_exact(sp.e)
+        sp.e.checkpoint()
         with sp.e.ov.env.begin(write=True) as txn:
             txn.delete(META_PAGE_BYTES, db=sp.e.ov.meta)  # as an overlay made before the count
         assert sp.reopen().overlay_bytes == n
