@@ -544,11 +544,12 @@ class Engine:
             have = self.ov.get_u64(txn, META_PAGE_BYTES)
             self.ov.put_u64(txn, META_PAGE_BYTES, max(0, have + delta))
 
-    def open(self, ino: int, *, truncate: bool = False) -> Attr:
+    def open(self, ino: int, *, truncate: bool = False, kill_priv: bool = False) -> Attr:
         """Count an open file handle, so that unlinking it keeps its data until release.
         *truncate* is O_TRUNC, done in the same call so that no other client's write can
-        come between the truncation and the open."""
-        a = self.setattr(ino, size=0) if truncate else self.getattr(ino)
+        come between the truncation and the open (*kill_priv*: and clear setuid/setgid, as
+        a truncation by a non-root caller does)."""
+        a = self.setattr(ino, size=0, kill_priv=kill_priv) if truncate else self.getattr(ino)
         self._open[ino] = self._open.get(ino, 0) + 1
         return a
 
@@ -720,7 +721,11 @@ class Engine:
                 raise _err(errno.EINVAL)
             return self.files.read(txn, ino, o, offset, size)
 
-    def write(self, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
+    def write(self, ino: int, offset: int, data: bytes, *, append: bool = False,
+              kill_priv: bool = False) -> int:
+        """Write *data* at *offset* (at the end, atomically, with *append*). *kill_priv*:
+        also clear setuid (and setgid, when group-executable), as a write by anyone but root
+        does on Linux; in the same operation."""
         with self.ov.op() as txn:
             o = self._need(txn, ino)
             if not o.inode.is_reg():
@@ -750,7 +755,8 @@ class Engine:
                 grown += len(cur) - (len(stored) - 8 if stored is not None else 0)
                 pos = p0 + b
             self._count_pages(txn, grown)
-            self._touch(txn, ino, o, size=new_size)
+            extra = {"mode": _killed(o.inode.mode)} if kill_priv and _killed(o.inode.mode) != o.inode.mode else {}
+            self._touch(txn, ino, o, size=new_size, **extra)
         self._maybe_spill()
         return len(data)
 
@@ -790,7 +796,8 @@ class Engine:
         return OInode(o.inode, limit, o.flags, o.gen)
 
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
-                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> Attr:
+                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                kill_priv: bool = False) -> Attr:
         with self.ov.op() as txn:
             o = self._need(txn, ino)
             kw: dict[str, object] = {}
@@ -807,8 +814,35 @@ class Engine:
                 kw["atime_ns"] = atime_ns
             if mtime_ns is not None:
                 kw["mtime_ns"] = mtime_ns
+            if kill_priv and mode is None and o.inode.is_reg():
+                kw["mode"] = _killed(o.inode.mode)
             o = self._touch(txn, ino, o, m=size is not None and mtime_ns is None, **kw)
             return _attr(ino, o.inode)
+
+    def fallocate(self, ino: int, offset: int, length: int, mode: int = 0) -> None:
+        """fallocate(2): space is not reserved (the overlay and the store allocate as they
+        write), but sizes and zeros are as on a local filesystem: mode 0 extends the file,
+        KEEP_SIZE changes nothing, PUNCH_HOLE and ZERO_RANGE make the range read as zeros."""
+        keep, punch, zero = 0x01, 0x02, 0x10
+        if offset < 0 or length <= 0:
+            raise _err(errno.EINVAL)
+        if mode & ~(keep | punch | zero) or (mode & punch and not mode & keep) or (mode & punch and mode & zero):
+            raise _err(errno.EOPNOTSUPP, f"fallocate mode {mode:#x}")
+        end = offset + length
+        with self._reading() as txn:
+            o = self._need(txn, ino)
+            if not o.inode.is_reg():
+                raise _err(errno.EISDIR if o.inode.is_dir() else errno.ENODEV)
+            size = o.inode.size
+        if mode & (punch | zero):
+            stop = min(end, size)
+            pos = offset
+            while pos < stop:
+                n = min(stop - pos, 1 << 20)
+                self.write(ino, pos, bytes(n))
+                pos += n
+        if not mode & keep and end > size:
+            self.setattr(ino, size=end)
 
     # -- spilling to the block store ---------------------------------------------------
 
@@ -924,6 +958,15 @@ class Engine:
         a client can still write before local state spills or the disk fills."""
         v = os.statvfs(self.ov.path)
         return v.f_blocks * v.f_frsize, v.f_bfree * v.f_frsize, v.f_bavail * v.f_frsize
+
+
+def _killed(mode: int) -> int:
+    """*mode* without setuid, and without setgid when group-executable (Linux's
+    should_remove_suid: a setgid file without group execute is mandatory locking, kept)."""
+    drop = stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        drop |= stat.S_ISGID
+    return mode & ~drop
 
 
 def _fields(i: Inode) -> dict[str, object]:

@@ -1,38 +1,44 @@
-"""A FUSE mount process: one spawn, mounted at one place, served until unmounted.
+"""A FUSE mount of one spawn: mounts it, hands the channel to whoever serves it, holds on.
 
     python -m spawn.fuse_main --connect SOCKET --spawn ID MOUNTPOINT [--log FILE]
     python -m spawn.fuse_main STORE_DIR OVERLAY_DIR MOUNTPOINT [--base blake3:HEX] [--owner UID]
 
-The first form is what ``grid mount`` runs, as the calling user: it attaches to the spawn in
-the node daemon (spawn.vfsrpc) and forwards every request there, so the daemon keeps owning
-the engine. Only the spawn's owner (and root) may attach; a mount made by a user other than
-root is usable by that user only (no ``allow_other``), one made by root admits the owner and
-root, and the adapter refuses everyone else (spawn.fuse).
+The first form is what ``grid mount`` runs, as the calling user. It mounts with fusermount3
+(so the kernel's and fusermount's rules for that user apply), attaches to the spawn in the
+node daemon and passes it the channel's descriptor: the daemon serves the mount on the
+spawn's host thread (spawn.host, spawn.fusechan). This process keeps its own copy of the
+descriptor, which keeps the kernel connection alive while no daemon serves it: if the daemon
+dies, requests wait in the kernel (as on an NFS hard mount) while this process reconnects
+and hands the channel to the next daemon, which asks the kernel to resend what the dead one
+left unanswered. If the daemon serving it has the spawn killed, or the mount is unmounted,
+this process ends. Only the spawn's owner (and root) may attach.
 
-The second form opens a store and an overlay itself (creating the overlay over ``--base``
-when new): for tests and debugging without a daemon.
+The second form serves a store and an overlay in this process (for tests and debugging):
+a host thread of its own serves the channel.
 
 Either way it prints ``ready`` on stdout once the kernel has the mount (then, with
-``--log``, sends its output to FILE), and on SIGTERM or SIGINT, or when the daemon is gone
-for good, unmounts and exits 0. pyfuse3 allows one mount per process, hence a process each.
+``--log``, sends its output to FILE), and on SIGTERM or SIGINT unmounts (lazily) and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
-from spawn.engine import Engine
-from spawn.fuse import MOUNT_OPTIONS, TIMEOUT, invalidate, serve
-from spawn.vfsrpc import RemoteLink
-from store.errors import BadScore, StoreError
-from store.local import LocalStore
-from store.score import parse_score
+from spawn.fusedev import MountError, mount, unmount
+from spawn.vfswire import MAX_FRAME, FrameError, decode, encode
+
+MOUNT_OPTIONS = ("fsname=grid", "subtype=grid", "default_permissions", "allow_other")
+log = logging.getLogger("spawn.fuse_main")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,15 +47,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="MOUNTPOINT with --connect; else STORE_DIR OVERLAY_DIR MOUNTPOINT")
     p.add_argument("--connect", metavar="SOCKET", help="the node daemon's socket")
     p.add_argument("--spawn", metavar="ID", help="the spawn to mount (with --connect)")
-    p.add_argument("--grace", type=float, default=60.0,
-                   help="seconds to wait for a restarting daemon (default %(default)s)")
     p.add_argument("--log", metavar="FILE", help="where output goes once mounted")
     p.add_argument("--base", help="root score (blake3:HEX) of a new spawn")
     p.add_argument("--owner", type=int, default=os.getuid(), help="uid that may use the mount (and root)")
     p.add_argument("--timeout", type=float, default=None,
-                   help=f"kernel entry/attribute cache timeout, seconds (default {REMOTE_TIMEOUT:g} "
-                        f"with --connect, where the daemon invalidates what other clients "
-                        f"change; else {TIMEOUT:g})")
+                   help="kernel entry/attribute cache timeout, seconds (default 10: the server "
+                        "invalidates what other clients change)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     if a.connect:
@@ -60,30 +63,23 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         if len(a.paths) != 3:
             p.error("STORE_DIR OVERLAY_DIR MOUNTPOINT, or --connect SOCKET --spawn ID MOUNTPOINT")
         a.store, a.overlay, a.mountpoint = a.paths
+    a.mountpoint = os.path.abspath(a.mountpoint)
     return a
 
 
-#: Cache timeout of a mount attached to the daemon: other clients' changes are invalidated
-#: as they happen, so this only bounds how long a missed invalidation could mislead.
-REMOTE_TIMEOUT = 10.0
+def _ready(log_path: str | None) -> None:
+    print("ready", flush=True)
+    if log_path:  # the parent stops listening once we are up: later output goes to the log
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
-def _ready(log: str | None) -> Callable[[], None]:
-    def ready() -> None:
-        print("ready", flush=True)
-        if log:  # the parent stops listening once we are up: later output goes to the log
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-
-    return ready
-
-
-def _may_allow_other() -> bool:
+def may_allow_other() -> bool:
     """May this process mount with ``allow_other``? Root may; other users when
     /etc/fuse.conf says ``user_allow_other`` (scripts/setup.sh sets it). With it, root can
-    reach a user's mount too and the adapter refuses everyone else; without it, the kernel
+    reach a user's mount too and the server refuses everyone else; without it, the kernel
     admits only the user who mounted (so root cannot look in)."""
     if os.geteuid() == 0:
         return True
@@ -94,71 +90,187 @@ def _may_allow_other() -> bool:
         return False
 
 
-async def _run_remote(a: argparse.Namespace) -> int:
-    """Attach to the spawn in the daemon and serve it until unmounted or told to stop."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
+def _options() -> tuple[str, ...]:
+    return MOUNT_OPTIONS if may_allow_other() else tuple(o for o in MOUNT_OPTIONS if o != "allow_other")
+
+
+def _on_signals(fn: Callable[[], None]) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        fn()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    mnt = os.path.abspath(a.mountpoint)
-    link = RemoteLink(a.connect, a.spawn, mountpoint=mnt, grace=a.grace,
-                      on_lost=lambda why: task.cancel(), on_invalidate=invalidate)
+        signal.signal(sig, handler)
+
+
+# -- the daemon's mount ------------------------------------------------------------------------
+
+
+class _Gone(Exception):
+    """The daemon will not serve this mount any more (the spawn is gone, or unmounted)."""
+
+
+def _send(sock: socket.socket, msg: Any, fds: list[int] | None = None) -> None:
+    data = encode(msg)
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> Any:
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > MAX_FRAME:
+        raise FrameError(f"frame of {n} bytes")
+    body = _recv_exact(sock, n)
+    if body is None:
+        return None
+    return decode(body)
+
+
+def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
+    """Hand the channel to the daemon, again after every restart of it, until the mount
+    ends. Returns the exit status."""
+    init: dict[str, int] | None = None
+    first = True
+    delay = 0.05
+    while True:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(a.connect)
+        except OSError as e:
+            sock.close()
+            if first:
+                print(f"fuse_main: spawn {a.spawn}: {e.strerror or e}", file=sys.stderr)
+                return 1
+            time.sleep(delay)  # the daemon is restarting: requests wait in the kernel
+            delay = min(delay * 2, 1.0)
+            continue
+        try:
+            _send(sock, [1, "attach", [a.spawn], {"mountpoint": a.mountpoint, "fuse": True,
+                                                   "init": init}])
+            reply = _recv(sock)
+            if reply is None:
+                raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+            if reply[1]:
+                if first:
+                    print(f"fuse_main: spawn {a.spawn}: {reply[2]}", file=sys.stderr)
+                    return 1
+                raise _Gone(f"the daemon refused to re-attach: {reply[2]}")
+            _send(sock, [0, "channel", [], {}], [fd])
+            if first:
+                _ready(a.log)
+                first = False
+            else:
+                log.warning("spawn %s: handed the mount to the restarted daemon", a.spawn)
+            delay = 0.05
+            while True:
+                msg = _recv(sock)
+                if msg is None:
+                    break  # the daemon went away: find the next one
+                if msg[1] == "init":
+                    init = msg[2]
+                elif msg[1] == "gone":
+                    raise _Gone(str(msg[2]))
+        except _Gone as e:
+            log.warning("spawn %s: %s", a.spawn, e)
+            if str(e) != "unmounted":
+                unmount(a.mountpoint, lazy=True)
+            return 0
+        except (OSError, FrameError) as e:
+            if first:
+                print(f"fuse_main: spawn {a.spawn}: {e}", file=sys.stderr)
+                return 1
+            log.warning("spawn %s: link to the daemon: %s", a.spawn, e)
+        finally:
+            sock.close()
+
+
+def _run_remote(a: argparse.Namespace) -> int:
     try:
-        info = await link.connect()
-    except OSError as e:
-        print(f"fuse_main: spawn {a.spawn}: {e.strerror or e}", file=sys.stderr)
+        fd = mount(a.mountpoint, _options())
+    except MountError as e:
+        print(f"fuse_main: {e}", file=sys.stderr)
         return 1
-    options = MOUNT_OPTIONS if _may_allow_other() else tuple(o for o in MOUNT_OPTIONS if o != "allow_other")
+
+    def stop() -> None:
+        unmount(a.mountpoint, lazy=True)
+        os._exit(0)
+
+    _on_signals(stop)
     try:
-        timeout = REMOTE_TIMEOUT if a.timeout is None else a.timeout
-        await serve(link, mnt, int(info["uid"]), ready=_ready(a.log), options=options, timeout=timeout)
-    except asyncio.CancelledError:
-        pass  # a signal, or the daemon is gone: serve has unmounted
+        status = _serve_through_daemon(a, fd)
     finally:
-        link.close()
-    return 0
+        os.close(fd)
+    if status:
+        unmount(a.mountpoint, lazy=True)
+    return status
 
 
-async def _run(engine: Engine, a: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+# -- in this process ----------------------------------------------------------------------------
+
+
+def _run_local(a: argparse.Namespace) -> int:
+    from spawn.engine import Engine
+    from spawn.host import SpawnHost
+    from store.errors import BadScore, StoreError
+    from store.local import LocalStore
+    from store.score import parse_score
 
     try:
-        await serve(engine, a.mountpoint, a.owner, ready=_ready(a.log),
-                    timeout=TIMEOUT if a.timeout is None else a.timeout)
-    except asyncio.CancelledError:
-        pass  # a signal: serve has unmounted
+        base = parse_score(a.base) if a.base else None
+        store = LocalStore.open(a.store)
+    except (BadScore, StoreError, ValueError) as e:
+        print(f"fuse_main: {e}", file=sys.stderr)
+        return 1
+    try:
+        try:
+            engine = Engine(store, a.overlay, base)
+        except (StoreError, ValueError) as e:
+            print(f"fuse_main: {e}", file=sys.stderr)
+            return 1
+        host = SpawnHost(engine, "local")
+        try:
+            try:
+                fd = mount(a.mountpoint, _options())
+            except MountError as e:
+                print(f"fuse_main: {e}", file=sys.stderr)
+                return 1
+            kw = {} if a.timeout is None else {"timeout": a.timeout}
+            done = host.serve_fuse(fd, owner_uid=a.owner, uid=os.getuid(),
+                                   mountpoint=a.mountpoint, **kw)
+            _on_signals(lambda: unmount(a.mountpoint, lazy=True))
+            _ready(a.log)
+            while True:
+                try:
+                    done.result(timeout=0.5)
+                    break
+                except TimeoutError:
+                    continue
+        finally:
+            host.close()
+    finally:
+        store.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format="%(asctime)s fuse_main[%(process)d]: %(levelname)s %(name)s: %(message)s")
-    if a.connect:
-        try:
-            return asyncio.run(_run_remote(a))
-        except RuntimeError as e:  # the mount failed
-            print(f"fuse_main: {e}", file=sys.stderr)
-            return 1
-    try:
-        base = parse_score(a.base) if a.base else None
-        store = LocalStore.open(a.store)
-        try:
-            engine = Engine(store, a.overlay, base)
-            try:
-                asyncio.run(_run(engine, a))
-            finally:
-                engine.close()
-        finally:
-            store.close()
-    except (BadScore, StoreError, ValueError, RuntimeError) as e:  # RuntimeError: mount failed
-        print(f"fuse_main: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return _run_remote(a) if a.connect else _run_local(a)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spawn.engine import Engine
+from spawn.fusechan import FuseChannel, InitParams, inval_notices
 from spawn.vfslink import OPS
 from spawn.vfsrpc import RETRYABLE, count_opens, error_of, parse_request, touched
 from spawn.vfswire import MAX_FRAME, FrameError, decode, encode
@@ -103,6 +104,8 @@ class SpawnHost:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._jobs: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
         self._sessions: set[_Session] = set()
+        self._channels: set[FuseChannel] = set()
+        self._notifier: _Notifier | None = None
         self._pending: list[tuple[float, int, _Pending]] = []  # heap by deadline
         self._tie = itertools.count()
         self._acks: dict[tuple[_Session, int], _Pending] = {}
@@ -137,11 +140,11 @@ class SpawnHost:
 
         def job() -> None:
             try:
-                value, items = self._do(op, list(args), kw)
+                value, items = self.engine_call(op, list(args), kw, None)
             except Exception as e:
                 fut.set_exception(e)
                 return
-            self._announce(items, None, lambda: fut.set_result(value))
+            self.announce(items, None, lambda: fut.set_result(value))
 
         self.submit(job).add_done_callback(
             lambda f: f.exception() is not None and not fut.done() and fut.set_exception(f.exception()))
@@ -173,6 +176,59 @@ class SpawnHost:
         fut.add_done_callback(lambda f: f.exception() is not None and self._fail_attach(s, f))
         return s.done
 
+    def serve_fuse(self, fd: int, *, owner_uid: int, uid: int = 0, mountpoint: str = "",
+                   timeout: float | None = None, init: dict[str, int] | None = None,
+                   on_init: Callable[[InitParams], None] | None = None,
+                   on_end: Callable[[str], None] | None = None) -> Future[None]:
+        """Serve the mounted FUSE channel *fd* (ours to close) on this host; the future
+        completes when it ends (``on_end`` says why: "unmounted", "killed", "closing").
+        *init* is what an earlier server negotiated with the kernel: a takeover, so the
+        kernel is asked to resend what that server left unanswered."""
+        done: Future[None] = Future()
+
+        def ended(why: str) -> None:
+            try:
+                if on_end is not None:
+                    on_end(why)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        def add() -> None:
+            kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+            ch = FuseChannel(self, fd, owner_uid, uid=uid, mountpoint=mountpoint, init=init,
+                             on_init=on_init, on_end=ended, **kw)
+            self._channels.add(ch)
+            self._sel.register(ch, selectors.EVENT_READ, ch)
+            self._update_clients()
+            if init is not None:
+                ch.resend()
+
+        def failed(f: Future[Any]) -> None:
+            if f.exception() is not None:
+                os.close(fd)
+                if not done.done():
+                    done.set_exception(f.exception())  # type: ignore[arg-type]
+
+        self.submit(add).add_done_callback(failed)
+        return done
+
+    def channel_ended(self, ch: FuseChannel) -> None:
+        """Host thread: a FUSE channel is done; forget it and what waited on it."""
+        self._channels.discard(ch)
+        try:
+            self._sel.unregister(ch)
+        except (KeyError, ValueError):
+            pass
+        if self._notifier is not None:
+            self._notifier.forget(ch)
+        for key in [k for k in self._acks if k[0] is ch]:
+            p = self._acks.pop(key)
+            p.waiting.discard(key)
+            if not p.waiting:
+                p.finish()
+        self._update_clients()
+
     def _fail_attach(self, s: _Session, f: Future[Any]) -> None:
         s.sock.close()
         if not s.done.done():
@@ -183,6 +239,11 @@ class SpawnHost:
         re-attach); wait until they are gone."""
         self.run(lambda: [self._close_session(s) for s in list(self._sessions)])
 
+    def end_channels(self, why: str) -> None:
+        """End every FUSE channel (*why*: "killed" unmounts them; "closing" leaves the mounts
+        to their mount processes, which bring them to the next daemon)."""
+        self.run(lambda: [ch.end(why) for ch in list(self._channels)])
+
     def close(self, finish: Callable[[], Any] | None = None) -> None:
         """End every session, run *finish* (default: close the engine) on the host thread,
         and stop the thread. Jobs submitted afterwards fail with HostClosed."""
@@ -192,6 +253,8 @@ class SpawnHost:
         def stop() -> None:
             for s in list(self._sessions):
                 self._close_session(s)
+            for ch in list(self._channels):
+                ch.end("closing")
             try:
                 (finish or self.engine.close)()
             finally:
@@ -226,6 +289,9 @@ class SpawnHost:
                     s = key.data
                     if s is None:
                         self._run_jobs()
+                    elif isinstance(s, FuseChannel):
+                        if not s.closed:
+                            s.readable()
                     else:
                         if mask & selectors.EVENT_WRITE:
                             self._flush(s)
@@ -241,6 +307,10 @@ class SpawnHost:
             self._stopping = True
             for s in list(self._sessions):
                 self._close_session(s)
+            for ch in list(self._channels):
+                ch.end("closing")
+            if self._notifier is not None:
+                self._notifier.stop()
             while self._jobs:
                 _fn, fut = self._jobs.popleft()
                 if not fut.done():
@@ -322,7 +392,7 @@ class SpawnHost:
         try:
             if op not in OPS:
                 raise OSError(errno.ENOSYS, f"no operation {op!r}")
-            value, items = self._do(op, args, kw, s)
+            value, items = self.engine_call(op, args, kw, s)
         except Exception as e:
             code, message = error_of(e)
             self._send(s, encode([tag, code, message]))
@@ -333,13 +403,16 @@ class SpawnHost:
         except Exception as e:
             code, message = error_of(e)
             reply = encode([tag, code, message])
-        self._announce(items, s, lambda: self._send(s, reply))
+        self.announce(items, s, lambda: self._send(s, reply))
 
-    def _do(self, op: str, args: list[Any], kw: dict[str, Any],
-            source: _Session | None = None) -> tuple[Any, list[list[Any]]]:
-        """Run *op*; return its value and what other caching mounts must forget."""
-        others = op not in RETRYABLE and any(
-            x.caching and x is not source for x in self._sessions)
+    def engine_call(self, op: str, args: list[Any], kw: dict[str, Any],
+                    source: object = None) -> tuple[Any, list[list[Any]]]:
+        """Host thread: run *op*; return its value and what the spawn's other caching
+        clients (mounts other than *source*) must forget."""
+        self._last_request = time.monotonic()
+        others = op not in RETRYABLE and (
+            any(x is not source for x in self._channels)
+            or any(x.caching and x is not source for x in self._sessions))
         before = self._before(op, args) if others else []
         value = getattr(self.engine, op)(*args, **kw)
         return value, (touched(op, args, kw, value, before) if others else [])
@@ -359,21 +432,41 @@ class SpawnHost:
                 pass
         return out
 
-    def _announce(self, items: list[list[Any]], source: _Session | None,
-                  finish: Callable[[], None]) -> None:
-        """Tell every other caching session to forget *items*, then *finish* (now, when
-        there is nobody to tell)."""
-        targets = [x for x in self._sessions if x.caching and x is not source] if items else []
-        if not targets:
+    def announce(self, items: list[list[Any]], source: object, finish: Callable[[], None]) -> None:
+        """Host thread: tell every other caching client to forget *items*, then *finish*
+        (at once when there is nobody to tell)."""
+        if not items:
+            finish()
+            return
+        sessions = [x for x in self._sessions if x.caching and x is not source]
+        channels = [x for x in self._channels if x is not source]
+        if not sessions and not channels:
             finish()
             return
         p = _Pending(finish, set(), time.monotonic() + ACK_TIMEOUT)
-        for x in targets:
+        for x in sessions:
             x.seq = (x.seq + 1) & 0xFFFFFFFF or 1
             p.waiting.add((x, x.seq))
             self._acks[(x, x.seq)] = p
             self._send(x, encode([0, "inval", x.seq, items]))
+        if channels:
+            if self._notifier is None:
+                self._notifier = _Notifier(self)
+            notices = inval_notices(items)
+            for ch in channels:
+                key = (ch, next(self._tie))
+                p.waiting.add(key)
+                self._acks[key] = p
+                self._notifier.send(ch, notices, key)
         heapq.heappush(self._pending, (p.deadline, next(self._tie), p))
+
+    def notified(self, key: tuple[Any, int]) -> None:
+        """Host thread: the notifier has written a channel's notices."""
+        p = self._acks.pop(key, None)
+        if p is not None:
+            p.waiting.discard(key)
+            if not p.waiting:
+                p.finish()
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -442,7 +535,64 @@ class SpawnHost:
             s.done.set_result(None)
 
     def _update_clients(self) -> None:
-        self.clients = tuple(ClientView(s.uid, s.mountpoint) for s in self._sessions)
+        self.clients = (tuple(ClientView(s.uid, s.mountpoint) for s in self._sessions)
+                        + tuple(ClientView(c.uid, c.mountpoint) for c in self._channels))
+
+
+class _Notifier:
+    """Writes the kernel's invalidation notices for a host's FUSE channels, on a thread of
+    its own: the write may wait for a lock that one of the channel's own requests holds,
+    and that request needs the host thread to be answered."""
+
+    def __init__(self, host: SpawnHost) -> None:
+        self.host = host
+        self._q: collections.deque[tuple[FuseChannel, list[bytes], Any] | None] = collections.deque()
+        self._cv = threading.Condition()
+        self._fds: dict[FuseChannel, int] = {}  # our own copies: a channel may close meanwhile
+        self._thread = threading.Thread(target=self._run, name=f"spawn-{host.name}-inval", daemon=True)
+        self._thread.start()
+
+    def send(self, ch: FuseChannel, notices: list[bytes], key: Any) -> None:
+        if ch not in self._fds:
+            self._fds[ch] = os.dup(ch.fd)
+        with self._cv:
+            self._q.append((ch, notices, key))
+            self._cv.notify()
+
+    def forget(self, ch: FuseChannel) -> None:
+        fd = self._fds.pop(ch, None)
+        if fd is not None:
+            with self._cv:
+                self._q.append((ch, [], ("close", fd)))
+                self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._q.append(None)
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q:
+                    self._cv.wait()
+                item = self._q.popleft()
+            if item is None:
+                return
+            ch, notices, key = item
+            if isinstance(key, tuple) and key and key[0] == "close":
+                os.close(key[1])
+                continue
+            fd = self._fds.get(ch)
+            for n in notices:
+                if fd is None:
+                    break
+                try:
+                    os.write(fd, n)
+                except OSError as e:  # ENOENT: the kernel had nothing cached
+                    if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
+                        log.debug("invalidation on %s: %s", ch.mountpoint, e)
+            self.host.submit(self.host.notified, key)
 
 
 def take_socket(writer: Any, reader: Any) -> tuple[socket.socket, bytes]:

@@ -27,7 +27,7 @@ from spawn.engine import Engine
 OPS = frozenset({
     "getattr", "lookup", "readdir", "create", "mkdir", "mknod", "symlink", "readlink", "link",
     "unlink", "rmdir", "rename", "open", "release", "read", "write", "setattr", "getxattr",
-    "listxattr", "setxattr", "removexattr", "fsync", "statfs",
+    "listxattr", "setxattr", "removexattr", "fsync", "statfs", "fallocate",
 })
 
 

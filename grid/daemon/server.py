@@ -446,6 +446,7 @@ class Daemon:
             for c in list(live.clients):
                 await c.session.shutdown()
             spawner = self.spawner
+            await asyncio.to_thread(live.host.end_channels, "killed")
             await asyncio.to_thread(live.host.close, lambda: spawner.kill(sid))
         else:
             await asyncio.to_thread(self.spawner.kill, sid)
@@ -470,9 +471,16 @@ class Daemon:
             return
         info = live.info
         mountpoint = str(kw.get("mountpoint") or "")
+        if kw.get("fuse"):
+            # The mount process sends its FUSE channel right after our answer: nothing may
+            # read the socket but us (a plain read would drop the descriptor it carries).
+            writer.transport.pause_reading()
         writer.write(encode([tag, 0, {"id": info.id, "owner": info.owner, "uid": info.uid,
                                       "name": info.name}]))
         await writer.drain()
+        if kw.get("fuse"):
+            await self._serve_fuse(live, uid, mountpoint, kw.get("init"), reader, writer)
+            return
         # From here on the spawn's host serves the connection on its own thread.
         sock, leftover = take_socket(writer, reader)
         done = live.host.attach(sock, uid=uid, mountpoint=mountpoint,
@@ -482,6 +490,54 @@ class Daemon:
             await asyncio.wrap_future(done)
         finally:
             log.info("spawn %s: detached uid %d", info.id, uid)
+
+
+    async def _serve_fuse(self, live: _Live, uid: int, mountpoint: str, init: Any,
+                          reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Take the mount process's FUSE channel and serve it on the spawn's host. The
+        connection stays open to tell the mount process what the kernel negotiated (for the
+        next daemon, should this one die) and when the mount is gone."""
+        import threading
+
+        from spawn.fusedev import unmount
+
+        sock, _ = take_socket(writer, reader)
+        sock.settimeout(10)
+        try:
+            _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, sock, 4096, 1)
+        except OSError as e:
+            log.warning("spawn %s: no FUSE channel from uid %d: %s", live.info.id, uid, e)
+            sock.close()
+            return
+        if not fds:
+            log.warning("spawn %s: no FUSE channel from uid %d", live.info.id, uid)
+            sock.close()
+            return
+        lock = threading.Lock()
+
+        def tell(msg: list[Any]) -> None:
+            with lock, contextlib.suppress(OSError):
+                sock.sendall(encode(msg))
+
+        def ended(why: str) -> None:
+            if why != "closing":  # a daemon going down leaves the mount to the next one
+                tell([0, "gone", why])
+            if why == "killed" and mountpoint:  # in case the mount process is gone too
+                threading.Thread(target=unmount, args=(mountpoint,), kwargs={"lazy": True},
+                                 daemon=True).start()
+
+        if not isinstance(init, dict) or not {"minor", "flags"} <= init.keys():
+            init = None
+        done = live.host.serve_fuse(
+            fds[0], owner_uid=live.info.uid, uid=uid, mountpoint=mountpoint, init=init,
+            on_init=lambda p: tell([0, "init", p.as_dict()]), on_end=ended)
+        log.info("spawn %s: serving the mount of uid %d at %s%s", live.info.id, uid,
+                 mountpoint or "?", " (taken over)" if init else "")
+        try:
+            await asyncio.wrap_future(done)
+        finally:
+            sock.close()
+            log.info("spawn %s: mount at %s ended", live.info.id, mountpoint or "?")
 
 
 def _listening(path: os.PathLike[str]) -> bool:
