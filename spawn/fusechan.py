@@ -11,7 +11,10 @@ What the adapter adds:
 * **Privacy**: a request from a uid that is neither the spawn's owner nor root is refused
   (EACCES) before anything else, except those that act on a handle a checked open returned
   (read, write, release, ...). The mount has ``default_permissions`` (the kernel checks mode
-  bits) and ``allow_other`` (so root and the owner both reach it).
+  bits) and ``allow_other`` (so root and the owner both reach it). Names and attributes the
+  kernel has cached never reach us, so the root directory's attributes are never cached:
+  every path walk into the mount from outside asks for them (the kernel checks search
+  permission on it), with the caller's uid, and a stranger is refused there.
 * **Kernel caching**: names and attributes are cached ``timeout`` seconds (10 by default)
   and file pages while a file's ctime does not move (``keep_cache``). Changes made by other
   clients of the spawn are announced before they return (spawn.host writes the kernel's
@@ -218,7 +221,7 @@ class FuseChannel:
                        a.atime_ns, a.mtime_ns, a.ctime_ns, BLKSIZE)
 
     def _entry(self, a: Attr) -> bytes:
-        return fp.entry_out(a.ino, self._attr(a), self.timeout)
+        return fp.entry_out(a.ino, self._attr(a), 0.0 if a.ino == ROOT else self.timeout)
 
     def _note_parent(self, ino: int, parent: int) -> None:
         if len(self._parents) >= _CACHED_MAX:
@@ -278,7 +281,7 @@ class FuseChannel:
 
     def h_getattr(self, req: fp.Request) -> None:
         a, answer = self._call(req, "getattr", req.nodeid)
-        answer(fp.attr_out(self._attr(a), self.timeout))
+        answer(fp.attr_out(self._attr(a), 0.0 if a.ino == ROOT else self.timeout))
 
     def h_setattr(self, req: fp.Request) -> None:
         (valid, _, _fh, size, _lo, atime, mtime, _ctime, atimens, mtimens, _ctimens, mode, _,
@@ -308,7 +311,7 @@ class FuseChannel:
         if valid & fp.FATTR_KILL_SUIDGID:
             kw["kill_priv"] = True
         a, answer = self._call(req, "setattr", req.nodeid, **kw)
-        answer(fp.attr_out(self._attr(a), self.timeout))
+        answer(fp.attr_out(self._attr(a), 0.0 if a.ino == ROOT else self.timeout))
 
     def h_readlink(self, req: fp.Request) -> None:
         target, answer = self._call(req, "readlink", req.nodeid)

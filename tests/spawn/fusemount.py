@@ -33,10 +33,6 @@ def skip_without_fuse() -> None:
         pytest.skip("no /dev/fuse", allow_module_level=True)
     if os.geteuid() != 0:
         pytest.skip("FUSE mount tests run as root (allow_other, setpriv)", allow_module_level=True)
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        pytest.skip("pyfuse3 is not installed", allow_module_level=True)
 
 
 def import_tree(src: Path, store_dir: Path) -> str:

@@ -7,7 +7,6 @@ needs to reach the engine from outside the mount, as a 9P session would.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
 import os
@@ -16,10 +15,8 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -460,23 +457,19 @@ def as_user(uid: int, *cmd: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-def test_every_context_handler_checks_the_caller() -> None:
-    """The uid check lives in one wrapper: every handler that receives a request context
-    goes through it (access and poll are left to pyfuse3's ENOSYS: with default_permissions
-    the kernel never asks access, and without poll it polls locally)."""
-    import inspect
+def test_every_request_with_a_caller_is_checked() -> None:
+    """The uid check is one test in the channel's dispatch: every request that names a
+    file by inode and name, or asks for one, is checked; only requests on a handle that a
+    checked open returned (and the kernel's own housekeeping) pass without it."""
+    from spawn import fuseproto as fp
+    from spawn.fusechan import _HANDLERS, CHECKED
 
-    import pyfuse3
-
-    from spawn.fuse import GridFS
-
-    with_ctx = {n for n, f in inspect.getmembers(pyfuse3.Operations, inspect.isfunction)
-                if "ctx" in inspect.signature(f).parameters}
-    assert {"lookup", "getattr", "open", "opendir", "create", "setxattr"} <= with_ctx
-    for name in with_ctx - {"access", "poll"}:
-        fn = GridFS.__dict__.get(name)
-        assert fn is not None and hasattr(fn, "__wrapped__"), f"{name} is not checked"
-    assert "access" not in GridFS.__dict__ and "poll" not in GridFS.__dict__
+    on_handles = {fp.READ, fp.WRITE, fp.FLUSH, fp.RELEASE, fp.FSYNC, fp.READDIR,
+                  fp.READDIRPLUS, fp.RELEASEDIR, fp.FSYNCDIR, fp.FALLOCATE}
+    housekeeping = {fp.INIT, fp.DESTROY}
+    for code in _HANDLERS:
+        assert code in CHECKED or code in on_handles | housekeeping, fp.NAMES[code]
+    assert {fp.LOOKUP, fp.GETATTR, fp.OPEN, fp.OPENDIR, fp.CREATE, fp.SETXATTR} <= CHECKED
 
 
 def test_other_user_refused(mnt: Path) -> None:
@@ -550,10 +543,13 @@ def test_sigkill_and_restart(src: Path, tmp_path: Path) -> None:
 # -- coherence with other clients of the engine -------------------------------------------
 
 def test_changes_by_other_clients_seen_at_once(tmp_path: Path) -> None:
-    """Another client (as a 9P session would) changes the spawn through the engine, not
-    through the kernel: the mount shows each change at once, cached pages included."""
+    """Another client (as a 9P session does) changes the spawn through its host, not
+    through the kernel: the mount, which caches names and attributes for 10 s, shows each
+    change at once, cached pages included (the host invalidates before the change returns)."""
     from spawn.engine import Engine
-    from spawn.fuse import serve
+    from spawn.fuse_main import MOUNT_OPTIONS
+    from spawn.fusedev import mount, unmount
+    from spawn.host import SpawnHost
     from spawn.importer import Importer
     from store.memory import MemoryStore
 
@@ -562,55 +558,38 @@ def test_changes_by_other_clients_seen_at_once(tmp_path: Path) -> None:
     (src / "f").write_bytes(b"a" * 100_000)
     store = MemoryStore()
     engine = Engine(store, tmp_path / "ov", Importer(store).run(src))
-    owner = ThreadPoolExecutor(max_workers=1)  # the engine's one thread, shared
+    host = SpawnHost(engine, "t")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-    task: list[asyncio.Task[None]] = []
+    done = host.serve_fuse(mount(str(mnt), MOUNT_OPTIONS), owner_uid=0, mountpoint=str(mnt))
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        task.append(loop.create_task(serve(engine, mnt, 0, ready=ready.set, executor=owner)))
-        try:
-            loop.run_until_complete(task[0])
-        except asyncio.CancelledError:
-            pass
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert ready.wait(10)
-
-    def other(fn, *args, **kw):
-        return owner.submit(fn, *args, **kw).result()
+    def other(op, *args, **kw):
+        return host.call_future(op, args, kw).result(10)
 
     try:
         ino = os.stat(mnt / "f").st_ino
         fd = os.open(mnt / "f", os.O_RDONLY)
         try:
             assert os.pread(fd, 10, 5000) == b"a" * 10  # now in the page cache
-            other(engine.write, ino, 5000, b"B" * 10)
+            other("write", ino, 5000, b"B" * 10)
             assert os.pread(fd, 10, 5000) == b"B" * 10  # same open file
             assert (mnt / "f").read_bytes()[4995:5015] == b"a" * 5 + b"B" * 10 + b"a" * 5
-            other(engine.write, ino, 0, b"tail", append=True)
+            other("write", ino, 0, b"tail", append=True)
             assert os.fstat(fd).st_size == 100_004
             assert os.stat(mnt / "f").st_size == 100_004
         finally:
             os.close(fd)
-        a = other(engine.create, 1, b"new", 0o644, 0, 0)
-        other(engine.write, a.ino, 0, b"hi")
+        assert not (mnt / "new").exists()  # a cached negative entry, next
+        a = other("create", 1, b"new", 0o644, 0, 0)
+        other("write", a.ino, 0, b"hi")
         assert (mnt / "new").read_bytes() == b"hi"
         assert "new" in os.listdir(mnt)
-        other(engine.unlink, 1, b"new")
+        other("unlink", 1, b"new")
         assert not (mnt / "new").exists()
-        other(engine.setattr, ino, mode=0o600)
+        other("setattr", ino, mode=0o600)
         assert stat.S_IMODE(os.stat(mnt / "f").st_mode) == 0o600
     finally:
-        loop.call_soon_threadsafe(task[0].cancel)
-        t.join(15)
-        if mounted_on(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        owner.shutdown()
-        engine.close()
-    assert not t.is_alive()
+        unmount(str(mnt), lazy=True)
+        done.result(15)
+        host.close()
     assert not mounted_on(mnt)
