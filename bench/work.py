@@ -19,9 +19,10 @@ what grid costs on top of another FUSE overlay.
 Data, made in a fresh work directory under ``--dir`` (``work-bench-XXXXXXXX``):
   * the lower tree, WORK/lower: real installed software, ``cp -a`` of /usr/lib/python3 (as
     python3/) and of top-level subdirectories of /usr/share in name order (as share/), added
-    until the tree holds about ``--lower-files`` files (default 9000: ~200 MB); the last
-    directory added may overshoot. /usr/lib/python3 is added whole when it fits, else entry by
-    entry of dist-packages (``--quick``: ~1,500 files, python3/ only);
+    until the tree holds about ``--lower-files`` files (default 9000: ~200 MB); a directory
+    that would overshoot that by more than 10 % is passed over for the next. /usr/lib/python3
+    is added whole when it fits, else entry by entry of dist-packages (``--quick``: ~1,500
+    files, python3/ only);
   * the tarball, WORK/src.tar: ``tar cf WORK/src.tar -C /usr include`` (the system headers,
     ~8,000 files; ``--quick``: include/linux only).
 
@@ -65,6 +66,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import subprocess
@@ -177,14 +179,16 @@ class Runner:
                                     cwd=cwd, env=env, stdout=o if out else f,
                                     stderr=f, stdin=subprocess.DEVNULL, start_new_session=True)
             try:
-                rc = proc.wait(timeout or self.timeout)
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-                return Outcome(None, None, log, out)
+                ended = wait_exit(proc, timeout or self.timeout)
+                secs = time.perf_counter() - t0
             except BaseException:  # Ctrl-C: take the command down with us
                 kill_group(proc)
                 raise
-            secs = time.perf_counter() - t0
+            if not ended:
+                kill_group(proc)
+                f.write(f"\n# killed after {timeout or self.timeout:g} s\n".encode())
+                return Outcome(None, None, log, out)
+            rc = proc.wait()
         with open(log, "a") as f:
             f.write(f"\n# exit status {rc}, {secs:.3f} s\n")
         return Outcome(secs, rc, log, out)
@@ -200,6 +204,16 @@ class Runner:
         if o.rc not in ok:
             raise Failed(f"{shown} exited {o.rc}: {o.tail()} (log {o.log})")
         return o
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether ``proc`` ended within ``timeout`` seconds (not reaped yet). Not
+    ``proc.wait(timeout)``: that polls every 50 ms, and the figures would be multiples of it."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -220,11 +234,6 @@ def quick(cmd: list[str], has: str = "") -> str:
     return lines[0].strip() if lines else ""
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 # --------------------------------------------------------------------------------------------
 # Mounts and processes left behind
 
@@ -240,6 +249,11 @@ def mounts_under(path: Path) -> list[tuple[str, str]]:
             if mnt == prefix or mnt.startswith(prefix + "/"):
                 out.append((mnt, fstype))
     return sorted(out, key=lambda m: len(m[0]), reverse=True)
+
+
+def is_mounted(path: Path) -> bool:
+    """From /proc/self/mounts: a stat of a hung FUSE mount would hang this process too."""
+    return any(m == os.fspath(path) for m, _ in mounts_under(path))
 
 
 def lazy_unmount(mnt: str, fstype: str) -> None:
@@ -266,18 +280,22 @@ def pids_of(work: Path) -> list[int]:
     return pids
 
 
+def wait_gone(pids: list[int], secs: float) -> list[int]:
+    """Those of ``pids`` still running after up to ``secs`` seconds."""
+    deadline = time.monotonic() + secs
+    while True:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
 def kill_pids(pids: list[int]) -> None:
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        alive = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-                alive.append(pid)
-        deadline = time.monotonic() + wait
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
-            time.sleep(0.1)
-        pids = alive
+        pids = wait_gone(pids, 5)
         if not pids:
             return
 
@@ -322,30 +340,33 @@ class TreeInfo:
 
 
 def lower_sources(target: int) -> list[tuple[Path, str]]:
-    """(source, destination directory in the lower tree), in order, until about ``target``
-    files: /usr/lib/python3 whole if it fits (else dist-packages entry by entry), then the
-    top-level directories of /usr/share by name."""
-    out: list[tuple[Path, str]] = []
-    n = 0
-    py = TreeInfo().add(PY_SRC).files if PY_SRC.is_dir() else 0
-    if PY_SRC.is_dir() and py <= target:
-        out.append((PY_SRC, "."))
-        n = py
+    """(source, destination directory in the lower tree) to copy for about ``target`` files:
+    /usr/lib/python3 whole if it fits (else dist-packages entry by entry), then the top-level
+    directories of /usr/share by name, until ``target`` is reached. One that would overshoot
+    it by more than 10 % is passed over (/usr/share/doc, on a small target) for the next."""
+    limit = target * 1.1
+    cands: list[tuple[Path, str]] = []
+    if PY_SRC.is_dir() and TreeInfo().add(PY_SRC).files <= limit:
+        cands.append((PY_SRC, "."))
     elif PY_SRC.is_dir():
         for top in sorted(PY_SRC.iterdir()):
-            subs = sorted(top.iterdir()) if top.is_dir() and not top.is_symlink() else [top]
-            dest = f"python3/{top.name}" if subs != [top] else "python3"
-            for s in subs:
-                if n >= target:
-                    break
-                out.append((s, dest))
-                n += TreeInfo().add(s).files
-    for s in sorted(SHARE_SRC.iterdir()) if SHARE_SRC.is_dir() else []:
+            if top.is_dir() and not top.is_symlink():
+                cands += [(s, f"python3/{top.name}") for s in sorted(top.iterdir())]
+            else:
+                cands.append((top, "python3"))
+    if SHARE_SRC.is_dir():
+        cands += [(s, "share") for s in sorted(SHARE_SRC.iterdir())
+                  if s.is_dir() and not s.is_symlink()]
+    out: list[tuple[Path, str]] = []
+    n = 0
+    for src, dest in cands:
         if n >= target:
             break
-        if s.is_dir() and not s.is_symlink():
-            out.append((s, "share"))
-            n += TreeInfo().add(s).files
+        k = TreeInfo().add(src).files
+        if out and n + k > limit:
+            continue
+        out.append((src, dest))
+        n += k
     return out
 
 
@@ -390,7 +411,7 @@ class Setup:
             self.prep[what] = round(o.secs, 4)
 
     def _ensure_mounted(self) -> None:
-        if not os.path.ismount(self.mnt):
+        if not is_mounted(self.mnt):
             raise Failed(f"{self.mnt} is not a mount point after mounting")
 
 
@@ -432,7 +453,7 @@ class Overlay(Setup):
 
     def teardown(self) -> None:
         for cmd in self.unmount_cmds():
-            if not os.path.ismount(self.mnt):
+            if not is_mounted(self.mnt):
                 return
             self.r.run(f"{self.key}-unmount", cmd, timeout=60)
 
@@ -499,7 +520,7 @@ class Grid(Setup):
         self.r.run("grid-stop", [os.fspath(GRID), "stop"], env=self.env, timeout=150)
 
     def teardown(self) -> None:
-        if os.path.ismount(self.mnt):
+        if is_mounted(self.mnt):
             try:
                 self.grid("unmount", "unmount", os.fspath(self.mnt), timeout=60)
             except Failed as e:
@@ -552,7 +573,8 @@ class Bench:
         parent = Path(self.args.dir)
         parent.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="work-bench-", dir=parent)).resolve()
-        self.r = Runner(self.work / "logs", self.args.timeout)
+        # Rows get --timeout; the rest (copies, import, mounts) at least the default.
+        self.r = Runner(self.work / "logs", max(TIMEOUT, self.args.timeout))
         self.setups = self.args.only
         self.tar = self.work / "src.tar"
         self.lower = self.work / "lower"
@@ -579,12 +601,19 @@ class Bench:
     # rows
 
     def row(self, s: Setup, root: Path, row: Row) -> Cell:
-        if row.needs_python and not (root / "python3").is_dir():
+        # Nothing here touches the mount but the commands, which a timeout ends: a hung FUSE
+        # mount would hang this process too (in an uninterruptible wait: Ctrl-C does not help).
+        if row.needs_python and not (self.lower / "python3").is_dir():
             return "no python3/"
         if row.key == "a":
-            drop_caches()
+            o = self.r.run(f"{s.key}-drop-caches", "sync; echo 3 > /proc/sys/vm/drop_caches",
+                           env=self.row_env)
+            if o.rc != 0:
+                self.notes.append(f"{s.key}: dropping the page cache failed (log {o.log})")
+                return "failed (see log)"
         cmd = row.cmd.format(tar=self.tar, python=PYTHON)
-        o = self.r.run(f"{s.key}-{row.key}", cmd, cwd=root, env=self.row_env)
+        o = self.r.run(f"{s.key}-{row.key}", cmd, cwd=root, env=self.row_env,
+                       timeout=self.args.timeout)
         if o.secs is None:
             self.notes.append(f"{s.key} row {row.key}: timeout after {self.args.timeout:g} s "
                               f"(log {o.log})")
@@ -660,7 +689,7 @@ class Bench:
             for mnt, fstype in mounts_under(self.work):
                 print(f"  (still mounted: {mnt}; detaching lazily)", flush=True)
                 lazy_unmount(mnt, fstype)
-            stray = pids_of(self.work)
+            stray = wait_gone(pids_of(self.work), 20)  # grid stop returns before its exit
             if stray:
                 print(f"  (stopping processes left behind: {stray})", flush=True)
                 kill_pids(stray)
@@ -693,7 +722,7 @@ def fmt(v: Cell | None) -> str:
         return "-"
     if isinstance(v, str):
         return v
-    return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
 def ratio(a: Cell | None, b: Cell | None) -> float | None:
@@ -728,14 +757,15 @@ def print_table(doc: dict[str, Any]) -> None:
     p("|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|")
     for row in doc["rows"]:
         q = row["grid_over_fuse_overlayfs"]
-        cells = [row["work"], *(fmt(row["seconds"][k]) for k in SETUPS),
+        cells = [row["work"].replace("|", "\\|"), *(fmt(row["seconds"][k]) for k in SETUPS),
                  "-" if q is None else f"{q:.2f}"]
         p("| " + " | ".join(cells) + " |")
     extra = doc["setups"]
-    sizes = [f"{k}: tar {v.get('tar_bytes', '-')} B, du {v.get('du_kib', '-')} KiB"
-             for k, v in extra.items()]
+    sizes = [f"{k}: " + ", ".join([*([f"tar {v['tar_bytes']:,} B"] if "tar_bytes" in v else []),
+                                   *([f"du {v['du_kib']:,} KiB"] if "du_kib" in v else [])])
+             for k, v in extra.items() if "tar_bytes" in v or "du_kib" in v]
     if sizes:
-        p("\n" + "; ".join(sizes))
+        p("\nsizes seen: " + "; ".join(sizes))
     for n in doc["notes"]:
         p(f"  note: {n}")
 

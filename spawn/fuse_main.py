@@ -140,6 +140,38 @@ def _recv(sock: socket.socket) -> Any:
     return decode(body)
 
 
+def _hold(fd: int, seconds: float) -> None:
+    """While no daemon serves the mount: answer what must not wait for one, for up to
+    *seconds*. A FLUSH (every close(2)) gets ENOSYS, which tells the kernel never to send
+    one again: a process closing descriptors while the daemon restarts (the restart's own
+    fork, say) must not wait for it. Every other request is left unanswered: the next
+    daemon asks the kernel to resend it (NOTIFY_RESEND) and answers it then."""
+    import select
+
+    from spawn import fuseproto as fp
+
+    deadline = time.monotonic() + seconds
+    buf = bytearray(1 << 21)
+    while (left := deadline - time.monotonic()) > 0:
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            return
+        try:
+            n = os.readv(fd, [buf])
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            return  # unmounted meanwhile: the next attach says so
+        if n < fp.IN_HEADER.size:
+            continue
+        _len, opcode, unique, *_ = fp.IN_HEADER.unpack_from(buf)
+        if opcode == fp.FLUSH:
+            try:
+                os.write(fd, fp.reply_error(unique, errno.ENOSYS))
+            except OSError:
+                pass
+
+
 def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
     """Hand the channel to the daemon, again after every restart of it, until the mount
     ends. Returns the exit status."""
@@ -155,7 +187,7 @@ def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
             if first:
                 print(f"fuse_main: spawn {a.spawn}: {e.strerror or e}", file=sys.stderr)
                 return 1
-            time.sleep(delay)  # the daemon is restarting: requests wait in the kernel
+            _hold(fd, delay)  # the daemon is restarting: requests wait in the kernel
             delay = min(delay * 2, 1.0)
             continue
         try:

@@ -63,6 +63,12 @@ CHECKED = frozenset({fp.LOOKUP, fp.GETATTR, fp.SETATTR, fp.READLINK, fp.SYMLINK,
                      fp.CREATE, fp.OPENDIR, fp.STATFS, fp.SETXATTR, fp.GETXATTR,
                      fp.LISTXATTR, fp.REMOVEXATTR, fp.ACCESS, fp.TMPFILE})
 NO_REPLY = frozenset({fp.FORGET, fp.BATCH_FORGET, fp.INTERRUPT})
+# A handle names its inode (low 48 bits), so that the next server of a mount (after a daemon
+# restart) serves handles it never gave out: a serial keeps handles apart, and flags say
+# what the handle is for.
+_INO_BITS = (1 << 48) - 1
+_FH_APPEND = 1 << 61
+_FH_DIR = 1 << 62
 
 
 @dataclass(slots=True)
@@ -235,9 +241,26 @@ class FuseChannel:
         else:
             self.opened.pop(ino, None)
 
+    def _handle_for(self, ino: int, flags: int = 0) -> int:
+        serial = next(self._fh) & 0x1FFF
+        return (ino & _INO_BITS) | serial << 48 | flags if ino <= _INO_BITS else next(self._fh) << 48 | flags
+
+    def _file(self, fh: int) -> _File:
+        """The open file behind *fh*; one this server never gave out (its predecessor did,
+        before a restart) is counted open again, as the kernel still holds it."""
+        f = self._files.get(fh)
+        if f is None:
+            ino = fh & _INO_BITS
+            if fh & _FH_DIR or not ino:
+                raise OSError(errno.EBADF, "no such handle")
+            self.host.engine_call("open", [ino], {}, self)
+            f = self._files[fh] = _File(ino, bool(fh & _FH_APPEND))
+            self._count(ino, 1)
+        return f
+
     def _open_out(self, a: Attr, flags: int) -> bytes:
-        fh = next(self._fh)
         append = bool(flags & os.O_APPEND)
+        fh = self._handle_for(a.ino, _FH_APPEND if append else 0)
         self._files[fh] = _File(a.ino, append)
         self._count(a.ino, 1)
         keep = self._cached.get(a.ino) == a.ctime_ns
@@ -402,17 +425,13 @@ class FuseChannel:
 
     def h_read(self, req: fp.Request) -> None:
         fh, off, size, *_ = fp.READ_IN.unpack_from(req.body)
-        f = self._files.get(fh)
-        if f is None:
-            raise OSError(errno.EBADF, "no such handle")
+        f = self._file(fh)
         data, answer = self._call(req, "read", f.ino, off, size)
         answer(data)
 
     def h_write(self, req: fp.Request) -> None:
         fh, off, size, wflags, *_ = fp.WRITE_IN.unpack_from(req.body)
-        f = self._files.get(fh)
-        if f is None:
-            raise OSError(errno.EBADF, "no such handle")
+        f = self._file(fh)
         data = bytes(req.body[fp.WRITE_IN.size : fp.WRITE_IN.size + size])
         kw: dict[str, Any] = {"append": f.append}
         if wflags & fp.WRITE_KILL_SUIDGID:
@@ -421,12 +440,16 @@ class FuseChannel:
         answer(fp.WRITE_OUT.pack(n, 0))
 
     def h_flush(self, req: fp.Request) -> None:
-        self.write(fp.reply(req.unique))  # close(2) of one descriptor: nothing buffered here
+        """close(2) of one descriptor: nothing is buffered here. ENOSYS tells the kernel to
+        stop sending FLUSH at all, so a close never waits for this server (a process that
+        closes its descriptors while no daemon serves the mount, say while forking the
+        daemon's restart, would otherwise wait for the daemon it is starting)."""
+        self.write(fp.reply_error(req.unique, errno.ENOSYS))
 
     def h_release(self, req: fp.Request) -> None:
         fh = fp.RELEASE_IN.unpack_from(req.body)[0]
         f = self._files.pop(fh, None)
-        if f is not None:
+        if f is not None:  # (a handle from before a restart was never counted here)
             self._count(f.ino, -1)
             self.host.engine_call("release", [f.ino], {}, self)
         self.write(fp.reply(req.unique))
@@ -442,7 +465,7 @@ class FuseChannel:
         for _name, a in entries:
             if stat.S_ISDIR(a.mode):
                 self._note_parent(a.ino, req.nodeid)
-        fh = next(self._fh)
+        fh = self._handle_for(req.nodeid, _FH_DIR)
         self._dirs[fh] = _Dir(req.nodeid, entries)
         answer(fp.OPEN_OUT.pack(fh, 0, 0))
 
@@ -450,8 +473,10 @@ class FuseChannel:
         """``.`` and ``..`` first (offsets 1 and 2), then the snapshot from opendir."""
         fh, off, size, *_ = fp.READ_IN.unpack_from(req.body)
         d = self._dirs.get(fh)
-        if d is None:
-            raise OSError(errno.EBADF, "no such handle")
+        if d is None:  # opened before a restart: list it afresh
+            if not fh & _FH_DIR or not fh & _INO_BITS:
+                raise OSError(errno.EBADF, "no such handle")
+            d = self._dirs[fh] = _Dir(fh & _INO_BITS, self.host.engine.readdir(fh & _INO_BITS))
         eng = self.host.engine
         out: list[bytes] = []
         used = 0
@@ -536,9 +561,7 @@ class FuseChannel:
 
     def h_fallocate(self, req: fp.Request) -> None:
         fh, off, length, mode, _ = fp.FALLOCATE_IN.unpack_from(req.body)
-        f = self._files.get(fh)
-        if f is None:
-            raise OSError(errno.EBADF, "no such handle")
+        f = self._file(fh)
         _, answer = self._call(req, "fallocate", f.ino, off, length, mode)
         answer(b"")
 
