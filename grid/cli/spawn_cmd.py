@@ -9,6 +9,10 @@ runs a FUSE mount process as the calling user, attached to the spawn in the daem
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import os
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -290,6 +294,24 @@ def _grid_mounts() -> dict[str, str]:
     return out
 
 
+def _mount_log(home_root: os.PathLike[str], sid: str) -> str:
+    """Where a mount process writes: in the grid home (HOME/run/log, root's) for root, else
+    in the user's own log directory, in a folder for that home (spawn numbers are per home)."""
+    import hashlib
+    import os
+
+    import platformdirs
+
+    home = os.path.abspath(os.fspath(home_root))
+    if os.geteuid() == 0:
+        logdir = os.path.join(home, "run", "log")
+    else:
+        tag = hashlib.blake2b(home.encode(), digest_size=4).hexdigest()
+        logdir = os.path.join(platformdirs.user_log_dir("grid"), f"{os.path.basename(home)}-{tag}")
+    os.makedirs(logdir, mode=0o700, exist_ok=True)
+    return os.path.join(logdir, f"mount-{sid}.log")
+
+
 def _mount(args: argparse.Namespace, sid: str, directory: str) -> int:
     """Start the mount process for spawn *sid* at *directory*; its pid once mounted."""
     import os
@@ -298,16 +320,12 @@ def _mount(args: argparse.Namespace, sid: str, directory: str) -> int:
     import sys
     import time
 
-    import platformdirs
-
     from grid.daemon.client import socket_path
     from grid.errors import UserError
 
     what = f"mount {sid} {directory}"
     mnt = _check_mountpoint(what, directory)
-    logdir = platformdirs.user_log_dir("grid")
-    os.makedirs(logdir, exist_ok=True)
-    log = os.path.join(logdir, f"mount-{sid}.log")
+    log = _mount_log(_home(args).root, sid)
     proc = subprocess.Popen(
         [sys.executable, "-m", "spawn.fuse_main", "--connect", socket_path(_home(args)),
          "--spawn", str(sid), "--log", log, mnt],

@@ -123,7 +123,9 @@ def start_daemon(home: GridHome) -> DaemonClient:
         if c is not None:
             return c
         log_path = home.run / "daemon.log"
-        with open(log_path, "ab") as log:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # it names other users' spawns, scores and mount points
+        with open(fd, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "grid.cli.main", "--home", os.fspath(home.root), "serve"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,

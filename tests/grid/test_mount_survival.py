@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,6 @@ def test_unmount_ends_the_mount_process_at_once(node: Node) -> None:
     pid = mount_pid(m)
     t0 = time.monotonic()
     node.grid("unmount", str(m))
-    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
-                    open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=5)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}")
+                    or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", timeout=5)
     assert time.monotonic() - t0 < 3
