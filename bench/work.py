@@ -396,6 +396,7 @@ class Setup:
         self.work, self.r = work, r
         self.mnt = work / "mnt" / self.key
         self.prep: dict[str, float] = {}
+        self.notes: list[str] = []
 
     def unavailable(self) -> str | None:
         return None
@@ -502,17 +503,19 @@ class Grid(Setup):
     def prepare(self) -> Path:
         self._timed("init", self.grid("init", "init"))
         # 1: some files were skipped (unreadable); the log says which.
-        self._timed("import", self.grid("import", "import", os.fspath(self.work / "lower"),
-                                        NAME, ok=(0, 1)))
+        o = self.grid("import", "import", os.fspath(self.work / "lower"), NAME, ok=(0, 1))
+        self._timed("import", o)
+        if o.rc == 1:
+            self.notes.append(f"grid import skipped some files (exit status 1; log {o.log})")
         self.stop()  # a fresh daemon for the cold row: the next command starts one
         self.mnt.mkdir(parents=True, exist_ok=True)
         o = self.grid("spawn", "spawn", NAME, "--mount", os.fspath(self.mnt), "-q",
                       capture=True)
         self._timed("spawn_mount", o)
         self.sid = (o.stdout().split() or [None])[-1]
-        self._ensure_mounted()
         if not self.sid:
             raise Failed(f"grid spawn printed no spawn id (log {o.log})")
+        self._ensure_mounted()
         return self.mnt
 
     def stop(self) -> None:
@@ -663,6 +666,7 @@ class Bench:
 
     def finish(self, s: Setup) -> None:
         s.teardown()
+        self.notes += [f"{s.key}: {n}" for n in s.notes]
         if s in self.active:
             self.active.remove(s)
 

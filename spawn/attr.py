@@ -21,7 +21,10 @@ class Attr:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    alloc: int = -1  # bytes the file's data occupies (holes excluded); -1: its size
 
     @property
     def blocks(self) -> int:
-        return (self.size + 511) // 512
+        """st_blocks: 512-byte units of data actually held, so ``du`` of a sparse file
+        counts its data, not its holes."""
+        return ((self.size if self.alloc < 0 else self.alloc) + 511) // 512

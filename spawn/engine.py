@@ -69,6 +69,7 @@ from store.hashtree import TreeReader, TreeWriter
 from store.score import NULL_SCORE, Score
 
 ROOT_INO = 1
+_SMALL = 64 << 10  # a file this small is one leaf: its size is what it occupies
 _XATTR_MAX = 64 << 10
 _FEED = 1 << 20  # bytes handed to the tree writer at a time (and between cancellation checks)
 
@@ -280,6 +281,7 @@ class Engine:
                     self.ov.put_u64(txn, META_PAGE_BYTES, self.ov.count_page_bytes(txn))
         self.files = FileView(store, self.ov)  # the owner thread's reader of file bytes
         self._dirs: dict[bytes, BTree] = {}
+        self._allocs: dict[bytes, int] = {}  # hash tree -> bytes of stored leaves
         self._open: dict[int, int] = {}  # ino -> open count (opens do not survive a restart)
         self.saving: SaveWindow | None = None  # set while a save runs (spawn.save)
         self._spill_retry_at: int | None = None
@@ -326,6 +328,38 @@ class Engine:
         except LookupError:
             return None
         return OInode(i, i.size if i.is_reg() else 0)
+
+    def _attr(self, txn, ino: int, o: OInode) -> Attr:
+        """The attributes clients see, with the bytes a regular file's data occupies: its
+        base tree's stored leaves below ``base_limit`` (holes excluded) and its pages."""
+        a = _attr(ino, o.inode)
+        i = o.inode
+        if not i.is_reg() or i.size <= _SMALL:
+            return a  # one leaf at most: as big as it is (nothing is read to find out)
+        alloc = 0
+        limit = min(o.base_limit, i.size)
+        if limit > 0 and i.content != NULL_SCORE:
+            alloc += min(self._tree_alloc(i.content), limit)
+        prefix = ino_bytes(ino)
+        cur = txn.cursor(db=self.ov.pages)
+        if cur.set_range(prefix):
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                page = int.from_bytes(k[8:], "big")
+                if page * PAGE_SIZE >= limit or i.content == NULL_SCORE:
+                    alloc += min(PAGE_SIZE, i.size - page * PAGE_SIZE)
+        return replace(a, alloc=min(alloc, i.size))
+
+    def _tree_alloc(self, score: Score) -> int:
+        """Bytes of stored (non-hole) leaves in a hash tree; cached, trees never change."""
+        n = self._allocs.get(score)
+        if n is None:
+            n = sum(size for leaf, size in self.files.reader(score).leaf_scores() if leaf != NULL_SCORE)
+            if len(self._allocs) > 4096:
+                self._allocs.clear()
+            self._allocs[score] = n
+        return n
 
     def _need(self, txn, ino: int) -> OInode:
         o = self._get(txn, ino)
@@ -439,7 +473,7 @@ class Engine:
 
     def getattr(self, ino: int) -> Attr:
         with self._reading() as txn:
-            return _attr(ino, self._need(txn, ino).inode)
+            return self._attr(txn, ino, self._need(txn, ino))
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > NAME_MAX:
@@ -449,12 +483,12 @@ class Engine:
             ino = self._lookup(txn, parent, d, name)
             if ino is None:
                 raise _err(errno.ENOENT, os.fsdecode(name))
-            return _attr(ino, self._need(txn, ino).inode)
+            return self._attr(txn, ino, self._need(txn, ino))
 
     def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         with self._reading() as txn:
             d = self._dir(txn, ino)
-            return [(n, _attr(i, self._need(txn, i).inode)) for n, i in self._entries(txn, ino, d)]
+            return [(n, self._attr(txn, i, self._need(txn, i))) for n, i in self._entries(txn, ino, d)]
 
     def _make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *, rdev: int = 0, target: bytes = b"") -> Attr:
         name = self._name(name)
@@ -516,7 +550,7 @@ class Engine:
             self._set_dirent(txn, parent, d, name, ino, o.inode.mode)
             o = self._touch(txn, ino, o, m=False, nlink=o.inode.nlink + 1)
             self._touch(txn, parent, d)
-            return _attr(ino, o.inode)
+            return self._attr(txn, ino, o)
 
     def _drop_inode(self, txn, ino: int, o: OInode) -> None:
         """The last name is gone: delete the inode and its pages."""
@@ -817,7 +851,7 @@ class Engine:
             if kill_priv and mode is None and o.inode.is_reg():
                 kw["mode"] = _killed(o.inode.mode)
             o = self._touch(txn, ino, o, m=size is not None and mtime_ns is None, **kw)
-            return _attr(ino, o.inode)
+            return self._attr(txn, ino, o)
 
     def fallocate(self, ino: int, offset: int, length: int, mode: int = 0) -> None:
         """fallocate(2): space is not reserved (the overlay and the store allocate as they

@@ -17,7 +17,8 @@ from spawn.attr import Attr
 
 MAX_FRAME = 16 << 20  # a request carries at most one FUSE write (1 MiB); replies one read
 ATTR = 1  # msgpack extension type of an engine Attr
-_ATTR = struct.Struct(">QIIIIQQqqq")
+_ATTR = struct.Struct(">QIIIIQQqqqq")  # the last field (alloc) came later: 64-byte ones still decode
+_ATTR_OLD = struct.Struct(">QIIIIQQqqq")
 _LEN = struct.Struct(">I")
 
 
@@ -28,7 +29,8 @@ class FrameError(Exception):
 def _default(obj: object) -> object:
     if isinstance(obj, Attr):
         return msgpack.ExtType(ATTR, _ATTR.pack(obj.ino, obj.mode, obj.nlink, obj.uid, obj.gid, obj.rdev,
-                                                obj.size, obj.atime_ns, obj.mtime_ns, obj.ctime_ns))
+                                                obj.size, obj.atime_ns, obj.mtime_ns, obj.ctime_ns,
+                                                obj.alloc))
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"cannot send {type(obj).__name__}")
@@ -37,6 +39,8 @@ def _default(obj: object) -> object:
 def _ext(code: int, data: bytes) -> object:
     if code == ATTR and len(data) == _ATTR.size:
         return Attr(*_ATTR.unpack(data))
+    if code == ATTR and len(data) == _ATTR_OLD.size:
+        return Attr(*_ATTR_OLD.unpack(data))
     raise FrameError(f"unknown msgpack extension {code}")
 
 

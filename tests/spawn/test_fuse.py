@@ -593,3 +593,68 @@ def test_changes_by_other_clients_seen_at_once(tmp_path: Path) -> None:
         done.result(15)
         host.close()
     assert not mounted_on(mnt)
+
+
+# -- POSIX details checked against ext4 --------------------------------------------------------
+
+def test_fallocate_extends_and_keep_size_does_not(work: Path, tmp_path: Path) -> None:
+    for base in (work, tmp_path):  # the mount, then the local disk: the same answers
+        fd = os.open(base / "fa", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"abc")
+            os.posix_fallocate(fd, 0, 100_000)
+            assert os.fstat(fd).st_size == 100_000
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+            assert libc.fallocate(fd, 1, 0, 500_000) == 0, os.strerror(ctypes.get_errno())  # KEEP_SIZE
+            assert os.fstat(fd).st_size == 100_000
+            assert libc.fallocate(fd, 3, 1, 1) == 0  # PUNCH_HOLE | KEEP_SIZE
+            assert os.pread(fd, 4, 0) == b"a\0c\0"
+        finally:
+            os.close(fd)
+
+
+def rename_errno(old: Path, new: Path, flags: int) -> int:
+    try:
+        renameat2(old, new, flags)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def test_rename_whiteout_leaves_a_whiteout(work: Path) -> None:
+    (work / "a").write_text("x")
+    assert rename_errno(work / "a", work / "b", 4) == 0  # RENAME_WHITEOUT
+    st = os.lstat(work / "a")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert (work / "b").read_text() == "x"
+    assert rename_errno(work / "b", work / "c", 4 | 2) == errno.EINVAL  # with EXCHANGE
+
+
+def test_st_blocks_counts_data_not_holes(mnt: Path, work: Path) -> None:
+    st = os.stat(mnt / "sparse")  # 5 MiB + 3 bytes, one leaf of data at the end
+    assert st.st_size == (5 << 20) + 3
+    assert st.st_blocks * 512 < 1 << 20, st.st_blocks
+    (work / "dense").write_bytes(os.urandom(300_000))
+    assert os.stat(work / "dense").st_blocks * 512 >= 300_000
+    os.truncate(work / "t", 0) if (work / "t").exists() else (work / "t").touch()
+    os.truncate(work / "t", 1 << 30)  # a 1 GiB hole
+    assert os.stat(work / "t").st_blocks == 0
+    with open(work / "t", "r+b") as f:
+        f.seek(1 << 29)
+        f.write(b"x" * 4096)
+    blocks = os.stat(work / "t").st_blocks * 512
+    assert 4096 <= blocks <= 64 << 10, blocks
+    assert st.st_blksize == 4096
+
+
+def test_readdir_lists_dot_and_dotdot(mnt: Path, work: Path) -> None:
+    (work / "sub").mkdir()
+    (work / "sub" / "x").write_text("1")
+    out = subprocess.run(["ls", "-fai", str(work / "sub")], capture_output=True, text=True, check=True)
+    entries = {line.split()[1]: int(line.split()[0]) for line in out.stdout.split("\n") if line.strip()}
+    assert set(entries) == {".", "..", "x"}
+    assert entries["."] == os.stat(work / "sub").st_ino
+    assert entries[".."] == os.stat(work).st_ino
+    out = subprocess.run(["ls", "-fa", str(mnt)], capture_output=True, text=True, check=True)
+    assert {".", ".."} <= set(out.stdout.split())
