@@ -305,11 +305,10 @@ class Engine:
         self.saving = None
         self.ov.close()
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[lmdb.Transaction]:
-        """The owner's view for an operation that changes nothing: every operation so far,
-        checkpointed or not (spawn.overlay)."""
-        yield self.ov.txn()
+    def _reading(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
+        """The view for an operation that changes nothing: on the owner thread, every
+        operation so far, checkpointed or not (spawn.overlay)."""
+        return self.ov.reading()
 
     def checkpoint(self) -> None:
         """Commit what the journal holds (spawn.journal); owner thread. The host calls it

@@ -30,6 +30,7 @@ last checkpoint committed; the owner's reads see everything (the open transactio
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -178,6 +179,7 @@ class Overlay:
         self._dbnum = {db: i for i, db in enumerate(self._dbs)}
         self.journal = Journal(self.path / "journal")
         self._txn: lmdb.Transaction | None = None
+        self._txn_thread = 0  # the thread that began it: only it may use and commit it
         self._since = time.monotonic()  # when the open transaction began
         self.seq = self._replay()
         self.page_bytes = self._read_page_bytes()
@@ -224,8 +226,29 @@ class Overlay:
         thread only; for reading (changes go through ``op``)."""
         if self._txn is None:
             self._txn = self.env.begin(write=True)
+            self._txn_thread = threading.get_ident()
             self._since = time.monotonic()
+        elif self._txn_thread != threading.get_ident():
+            self._wrong_thread()
         return self._txn
+
+    def _wrong_thread(self) -> None:
+        # LMDB's write lock belongs to the thread that began the transaction: another
+        # thread using or committing it would leave the lock held for ever (a deadlock).
+        raise RuntimeError("the overlay's open transaction belongs to another thread: "
+                           "checkpoint it on that thread first (one owner thread per spawn)")
+
+    @contextmanager
+    def reading(self) -> Iterator[lmdb.Transaction]:
+        """A view for reading: the owner's transaction on the owner thread (every operation
+        so far); elsewhere, or when nothing is pending, a read transaction of the last
+        checkpoint. Reading never takes LMDB's write lock, so a thread that only looks
+        cannot block the owner."""
+        if self._txn is not None and self._txn_thread == threading.get_ident():
+            yield self._txn
+            return
+        with self.env.begin() as txn:
+            yield txn
 
     @contextmanager
     def op(self) -> Iterator[JournaledTxn]:
@@ -252,6 +275,8 @@ class Overlay:
         thread only. Afterwards other threads' read transactions see everything."""
         if self._txn is None:
             return
+        if self._txn_thread != threading.get_ident():
+            self._wrong_thread()
         txn, self._txn = self._txn, None
         try:
             self.put_u64(txn, META_JSEQ, self.seq)

@@ -58,5 +58,11 @@ class LocalLink:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     def close(self) -> None:
+        """Commit the engine's journal on its owner thread (spawn.overlay: only the thread
+        that began the transaction may end it), so another thread may close the engine."""
+        try:
+            self.executor.submit(self.engine.checkpoint).result()
+        except RuntimeError:
+            pass  # the executor is shut down already
         if self._own:
             self.executor.shutdown(wait=True)

@@ -79,6 +79,7 @@ def test_owner_runs_the_short_steps_and_the_caller_writes_the_blocks(tmp_path):
     store = MemoryStore()
     e = Engine(store, tmp_path / "ov", Importer(store).run(src))
     e.write(e.lookup(1, b"f").ino, 0, os.urandom(150_000))
+    e.checkpoint()  # the owner thread takes over from here (spawn.overlay: one owner)
     ex = ThreadPoolExecutor(max_workers=1)
     owner_thread = ex.submit(threading.current_thread).result()
     on_owner: list[str] = []
@@ -99,6 +100,7 @@ def test_owner_runs_the_short_steps_and_the_caller_writes_the_blocks(tmp_path):
         return ex.submit(run).result()
 
     root = save(e, name="o", owner=owner)
+    ex.submit(e.checkpoint).result()  # back to this thread
     ex.shutdown()
     assert on_owner == ["snapshot", "finish"]
     assert putters == {threading.current_thread()} and owner_thread not in putters

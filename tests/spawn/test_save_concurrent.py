@@ -589,6 +589,7 @@ def test_threaded_save_with_a_writer_hammering_the_owner(sp):
         return ex.submit(run).result()
 
     write(e, "big", 0, os.urandom(1_000_000))  # something for the save to write
+    e.checkpoint()  # the owner thread takes over from here (spawn.overlay: one owner)
     real_put = sp.store.put
     saver = threading.current_thread()
 
@@ -622,6 +623,7 @@ def test_threaded_save_with_a_writer_hammering_the_owner(sp):
         t.join()
     del sp.store.put
     latest = ex.submit(describe, e).result()
+    ex.submit(e.checkpoint).result()  # back to this thread
     ex.shutdown()
     assert done[0] >= at_snapshot[0] + 5
     assert sp.respawn(root) == states[0]
@@ -634,6 +636,7 @@ def test_writers_progress_while_blocks_are_written(sp):
     all the while the save thread is writing blocks (made slow here on purpose)."""
     e = sp.e
     write(e, "big", 0, os.urandom(1_500_000))
+    e.checkpoint()  # the owner thread takes over from here (spawn.overlay: one owner)
     ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="owner")
     saver: dict[str, object] = {}
     puts: list[float] = []
@@ -661,6 +664,7 @@ def test_writers_progress_while_blocks_are_written(sp):
         ops.append((t0, time.monotonic()))
         i += 1
     t.join()
+    ex.submit(e.checkpoint).result()  # back to this thread
     ex.shutdown()
     del sp.store.put
     assert len(puts) > 50, "the save should have written its blocks on its own thread"
