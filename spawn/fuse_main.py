@@ -160,8 +160,11 @@ def _hold(fd: int, seconds: float) -> None:
             n = os.readv(fd, [buf])
         except (BlockingIOError, InterruptedError):
             continue
-        except OSError:
-            return  # unmounted meanwhile: the next attach says so
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                raise _Gone("unmounted") from None
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return
         if n < fp.IN_HEADER.size:
             continue
         _len, opcode, unique, *_ = fp.IN_HEADER.unpack_from(buf)
@@ -187,7 +190,14 @@ def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
             if first:
                 print(f"fuse_main: spawn {a.spawn}: {e.strerror or e}", file=sys.stderr)
                 return 1
-            _hold(fd, delay)  # the daemon is restarting: requests wait in the kernel
+            if not os.path.isdir(os.path.dirname(a.connect)):
+                log.warning("spawn %s: the grid home is gone; unmounting", a.spawn)
+                unmount(a.mountpoint, lazy=True)
+                return 0
+            try:
+                _hold(fd, delay)  # the daemon is restarting: requests wait in the kernel
+            except _Gone:
+                return 0
             delay = min(delay * 2, 1.0)
             continue
         try:
