@@ -127,8 +127,8 @@ def test_readdir_cookies(tmp_path):
             assert first[2].type == m9.DT_REG and first[0].type == m9.DT_DIR
             # the directory changes in the middle of the pass: nothing skipped or repeated
             many = e.lookup(1, b"many").ino
-            e.unlink(many, b"f39")
-            e.create(many, b"aaa-new", 0o644, 0, 0)
+            await env.link.call("unlink", many, b"f39")  # another client, on the owner
+            await env.link.call("create", many, b"aaa-new", 0o644, 0, 0)
             rest = []
             cookie = first[-1].offset
             while batch := await c.readdir(d, cookie, 120):
