@@ -10,8 +10,8 @@ reply, all in one place: a request costs a ``recv``, the engine call and a ``sen
 
 The host is a small selector loop on its own thread:
 
-* **Sessions** are the connections of FUSE mount processes (spawn.vfsrpc.RemoteLink), handed
-  over by the daemon after ``attach``. Frames and replies are those of docs/daemon.md.
+* **Sessions** are raw vfs connections, handed over by the daemon after ``attach``;
+  **channels** are mounted /dev/fuse descriptors (spawn.fusechan). Frames and replies are those of docs/daemon.md.
   Requests of one session run in arrival order; the files a session opens are counted and
   released when it ends, so a killed mount process keeps nothing alive.
 * **Jobs** are callables from other threads (``submit``): the daemon's 9P and SFTP sessions
@@ -222,11 +222,7 @@ class SpawnHost:
             pass
         if self._notifier is not None:
             self._notifier.forget(ch)
-        for key in [k for k in self._acks if k[0] is ch]:
-            p = self._acks.pop(key)
-            p.waiting.discard(key)
-            if not p.waiting:
-                p.finish()
+        self._forget_acks(ch)
         self._update_clients()
 
     def _fail_attach(self, s: _Session, f: Future[Any]) -> None:
@@ -381,12 +377,8 @@ class SpawnHost:
 
     def _request(self, s: _Session, msg: Any) -> None:
         tag, op, args, kw = parse_request(msg)
-        if op == "invalidated":  # the mount has dropped what an announcement named
-            p = self._acks.pop((s, tag), None)
-            if p is not None:
-                p.waiting.discard((s, tag))
-                if not p.waiting:
-                    p.finish()
+        if op == "invalidated":  # the client has dropped what an announcement named
+            self.notified((s, tag))
             return
         self._last_request = time.monotonic()
         try:
@@ -461,12 +453,18 @@ class SpawnHost:
         heapq.heappush(self._pending, (p.deadline, next(self._tie), p))
 
     def notified(self, key: tuple[Any, int]) -> None:
-        """Host thread: the notifier has written a channel's notices."""
+        """Host thread: a client has dropped what an announcement named (a session's
+        acknowledgement, or the notifier has written a channel's notices)."""
         p = self._acks.pop(key, None)
         if p is not None:
             p.waiting.discard(key)
             if not p.waiting:
                 p.finish()
+
+    def _forget_acks(self, client: object) -> None:
+        """A client is gone: nothing waits for it any more."""
+        for key in [k for k in self._acks if k[0] is client]:
+            self.notified(key)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -518,11 +516,7 @@ class SpawnHost:
         except (KeyError, ValueError):
             pass
         s.sock.close()
-        for key in [k for k in self._acks if k[0] is s]:
-            p = self._acks.pop(key)
-            p.waiting.discard(key)
-            if not p.waiting:
-                p.finish()
+        self._forget_acks(s)
         held, s.opened = s.opened, {}
         for ino, n in held.items():
             for _ in range(n):

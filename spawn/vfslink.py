@@ -6,9 +6,8 @@ door has two uses:
 
 * the engine stays owned by one thread (invariant 8): :class:`LocalLink` runs every call on
   the spawn's single-thread executor, which all exporters of the spawn share;
-* a FUSE mount can live in its own process (pyfuse3 allows one session per process) and
-  forward each call to the daemon that owns the engine: ``spawn.vfsrpc.RemoteLink`` is the
-  same interface over a Unix socket.
+* the daemon's spawn host (spawn.host.SpawnHost) is the same interface for its in-process
+  exporters (9P, SFTP), and announces their changes to the spawn's mounts.
 
 ``OPS`` is the whole surface: an operation not named there cannot be called through a
 link, so a remote client cannot reach anything but the filesystem (no save, no close).
