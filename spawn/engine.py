@@ -43,8 +43,11 @@ from dataclasses import dataclass, field, replace
 
 import lmdb
 
+from spawn import access
+from spawn.access import NOW, R
 from spawn.archive import Archive
 from spawn.attr import Attr
+from spawn.cred import Cred
 from spawn.fsformat import NAME_MAX, BadName, Inode, check_name
 from spawn.overlay import (
     FLAG_DELETED,
@@ -469,39 +472,46 @@ class Engine:
         return o
 
     # -- the operations ------------------------------------------------------------------
+    # Each takes the caller's credentials first and asks spawn.access before it reveals or
+    # changes anything (docs/spawn.md, "Permissions"). read, write, release and fallocate act
+    # on a handle that a checked open gave the adapter (a FUSE file handle, an opened 9P fid,
+    # an SFTP handle, a raw session's open table) and check only what a write changes.
 
-    def getattr(self, ino: int) -> Attr:
+    def getattr(self, cred: Cred, ino: int) -> Attr:
         with self._reading() as txn:
             return self._attr(txn, ino, self._need(txn, ino))
 
-    def lookup(self, parent: int, name: bytes) -> Attr:
+    def lookup(self, cred: Cred, parent: int, name: bytes) -> Attr:
         if len(name) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG, os.fsdecode(name[:32]) + "…")
         with self._reading() as txn:
             d = self._dir(txn, parent)
+            access.search(cred, d.inode)
             ino = self._lookup(txn, parent, d, name)
             if ino is None:
                 raise _err(errno.ENOENT, os.fsdecode(name))
             return self._attr(txn, ino, self._need(txn, ino))
 
-    def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+    def readdir(self, cred: Cred, ino: int) -> list[tuple[bytes, Attr]]:
         with self._reading() as txn:
             d = self._dir(txn, ino)
+            access.check(cred, d.inode, R)
             return [(n, self._attr(txn, i, self._need(txn, i))) for n, i in self._entries(txn, ino, d)]
 
-    def _make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *, rdev: int = 0, target: bytes = b"") -> Attr:
+    def _make(self, cred: Cred, parent: int, name: bytes, mode: int, *, rdev: int = 0,
+              target: bytes = b"") -> Attr:
         name = self._name(name)
         with self.ov.op() as txn:
             d = self._dir(txn, parent)
+            access.search(cred, d.inode)
             if self._lookup(txn, parent, d, name) is not None:
                 raise _err(errno.EEXIST, os.fsdecode(name))
+            access.may_create(cred, d.inode)
+            access.may_mknod(cred, mode)
             ino = self._new_ino(txn)
             now = time.time_ns()
             is_dir = stat.S_ISDIR(mode)
-            if d.inode.mode & stat.S_ISGID:  # Linux's inode_init_owner: a setgid directory
-                gid = d.inode.gid  # gives its group, and a new directory stays setgid
-                if is_dir:
-                    mode |= stat.S_ISGID
+            uid, gid, mode = access.new_owner(cred, d.inode, mode)
             i = Inode(mode=mode, uid=uid, gid=gid, nlink=2 if is_dir else 1, size=len(target),
                       atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=rdev, inline=target)
             self._put(txn, ino, OInode(i, 0, 0, self._gen(txn)))
@@ -509,41 +519,44 @@ class Engine:
             self._touch(txn, parent, d, nlink=d.inode.nlink + (1 if is_dir else 0))
             return _attr(ino, i)
 
-    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, *, open: bool = False) -> Attr:
-        """A new regular file; *open* also counts an open handle, in the same call (FUSE's
-        create opens the file it makes)."""
-        a = self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+    def create(self, cred: Cred, parent: int, name: bytes, mode: int, *, open: bool = False) -> Attr:
+        """A new regular file, owned by the caller; *open* also counts an open handle, in
+        the same call (FUSE's create opens the file it makes)."""
+        a = self._make(cred, parent, name, stat.S_IFREG | stat.S_IMODE(mode))
         if open:
             self._open[a.ino] = self._open.get(a.ino, 0) + 1
         return a
 
-    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        return self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+    def mkdir(self, cred: Cred, parent: int, name: bytes, mode: int) -> Attr:
+        return self._make(cred, parent, name, stat.S_IFDIR | stat.S_IMODE(mode))
 
-    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+    def mknod(self, cred: Cred, parent: int, name: bytes, mode: int, rdev: int) -> Attr:
         if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
             raise _err(errno.EINVAL, "mknod of this file type")
-        return self._make(parent, name, mode, uid, gid, rdev=rdev)
+        return self._make(cred, parent, name, mode, rdev=rdev)
 
-    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+    def symlink(self, cred: Cred, parent: int, name: bytes, target: bytes) -> Attr:
         if not target or len(target) > 4095 or b"\0" in target:
             raise _err(errno.EINVAL if target else errno.ENOENT, "symlink target")
-        return self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid, target=target)
+        return self._make(cred, parent, name, stat.S_IFLNK | 0o777, target=target)
 
-    def readlink(self, ino: int) -> bytes:
+    def readlink(self, cred: Cred, ino: int) -> bytes:
         with self._reading() as txn:
             o = self._need(txn, ino)
             if not o.inode.is_symlink():
                 raise _err(errno.EINVAL)
             return o.inode.inline
 
-    def link(self, ino: int, parent: int, name: bytes) -> Attr:
+    def link(self, cred: Cred, ino: int, parent: int, name: bytes) -> Attr:
         name = self._name(name)
         with self.ov.op() as txn:
             o = self._need(txn, ino)
             d = self._dir(txn, parent)
+            access.search(cred, d.inode)
             if self._lookup(txn, parent, d, name) is not None:  # the kernel checks this first
                 raise _err(errno.EEXIST, os.fsdecode(name))
+            access.may_link(cred, o.inode)
+            access.may_create(cred, d.inode)
             if o.inode.is_dir():
                 raise _err(errno.EPERM, "hard link to a directory")
             self._set_dirent(txn, parent, d, name, ino, o.inode.mode)
@@ -577,16 +590,24 @@ class Engine:
             have = self.ov.get_u64(txn, META_PAGE_BYTES)
             self.ov.put_u64(txn, META_PAGE_BYTES, max(0, have + delta))
 
-    def open(self, ino: int, *, truncate: bool = False, kill_priv: bool = False) -> Attr:
-        """Count an open file handle, so that unlinking it keeps its data until release.
-        *truncate* is O_TRUNC, done in the same call so that no other client's write can
-        come between the truncation and the open (*kill_priv*: and clear setuid/setgid, as
-        a truncation by a non-root caller does)."""
-        a = self.setattr(ino, size=0, kill_priv=kill_priv) if truncate else self.getattr(ino)
+    def open(self, cred: Cred, ino: int, flags: int = os.O_RDONLY) -> Attr:
+        """open(2) with *flags* (O_ACCMODE, O_TRUNC): check, and count an open file handle,
+        so that unlinking the file keeps its data until release (a directory: check only,
+        nothing to release). O_TRUNC truncates in the same call, so that no other client's
+        write comes between the truncation and the open."""
+        with self._reading() as txn:
+            o = self._need(txn, ino)
+            access.may_open(cred, o.inode, flags)
+            if o.inode.is_dir():
+                return self._attr(txn, ino, o)
+        if flags & os.O_TRUNC and o.inode.is_reg():
+            a = self.setattr(cred, ino, size=0, handle=True)
+        else:
+            a = self.getattr(cred, ino)
         self._open[ino] = self._open.get(ino, 0) + 1
         return a
 
-    def release(self, ino: int) -> None:
+    def release(self, cred: Cred, ino: int) -> None:
         n = self._open.get(ino, 0) - 1
         if n > 0:
             self._open[ino] = n
@@ -627,20 +648,28 @@ class Engine:
             raise _err(errno.ENOENT, os.fsdecode(name))
         return d, ino, self._need(txn, ino)
 
-    def unlink(self, parent: int, name: bytes) -> None:
+    def _child_checked(self, cred: Cred, txn, parent: int, name: bytes) -> tuple[OInode, int, OInode]:
+        """``_child`` of a name *cred* is about to remove: search, then delete permission."""
+        d = self._dir(txn, parent)
+        access.search(cred, d.inode)
+        d, ino, o = self._child(txn, parent, name)
+        access.may_delete(cred, d.inode, o.inode)
+        return d, ino, o
+
+    def unlink(self, cred: Cred, parent: int, name: bytes) -> None:
         with self.ov.op() as txn:
-            d, ino, o = self._child(txn, parent, name)
+            d, ino, o = self._child_checked(cred, txn, parent, name)
             if o.inode.is_dir():
                 raise _err(errno.EISDIR, os.fsdecode(name))
             self._set_dirent(txn, parent, d, name, None)
             self._touch(txn, parent, d)
             self._unlinked(txn, ino, o)
 
-    def rmdir(self, parent: int, name: bytes) -> None:
+    def rmdir(self, cred: Cred, parent: int, name: bytes) -> None:
         if name in (b".", b".."):
             raise _err(errno.EINVAL if name == b"." else errno.ENOTEMPTY)
         with self.ov.op() as txn:
-            d, ino, o = self._child(txn, parent, name)
+            d, ino, o = self._child_checked(cred, txn, parent, name)
             if not o.inode.is_dir():
                 raise _err(errno.ENOTDIR, os.fsdecode(name))
             if next(self._entries(txn, ino, o), None) is not None:
@@ -649,26 +678,37 @@ class Engine:
             self._touch(txn, parent, d, nlink=d.inode.nlink - 1)
             self._drop_inode(txn, ino, o)
 
-    def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, *, noreplace: bool = False,
-               exchange: bool = False, whiteout: tuple[int, int] | None = None) -> None:
-        """rename(2), and renameat2's flags: *noreplace*, *exchange*, and *whiteout* (uid,
-        gid): leave a whiteout (a 0/0 character device of that owner) at the old name, in the
-        same operation, as overlayfs asks of the filesystem under it."""
+    def rename(self, cred: Cred, p1: int, n1: bytes, p2: int, n2: bytes, *, noreplace: bool = False,
+               exchange: bool = False, whiteout: bool = False) -> None:
+        """rename(2), and renameat2's flags: *noreplace*, *exchange*, and *whiteout*: leave
+        a whiteout (a 0/0 character device of the caller's) at the old name, in the same
+        operation, as overlayfs asks of the filesystem under it. Checks in Linux's order."""
         n2 = self._name(n2)
-        if whiteout is not None and exchange:
+        if whiteout and exchange:
             raise _err(errno.EINVAL, "RENAME_WHITEOUT with RENAME_EXCHANGE")
+        if whiteout:
+            access.may_whiteout(cred)
         with self.ov.op() as txn:
             d1 = self._dir(txn, p1)
+            access.search(cred, d1.inode)
             src = self._lookup(txn, p1, d1, n1)
             if src is None:
                 raise _err(errno.ENOENT, os.fsdecode(n1))
             d2 = self._dir(txn, p2) if p2 != p1 else d1
+            access.search(cred, d2.inode)
             dst = self._lookup(txn, p2, d2, n2)
             so = self._need(txn, src)
             if exchange:
                 if dst is None:
                     raise _err(errno.ENOENT, os.fsdecode(n2))
                 do = self._need(txn, dst)
+                if dst != src:
+                    access.may_delete(cred, d1.inode, so.inode)
+                    access.may_delete(cred, d2.inode, do.inode)
+                    if p1 != p2:
+                        for x in (so, do):
+                            if x.inode.is_dir():
+                                access.check(cred, x.inode, access.W)
                 self._set_dirent(txn, p1, d1, n1, dst, do.inode.mode)
                 self._set_dirent(txn, p2, d2, n2, src, so.inode.mode)
                 if p1 != p2 and so.inode.is_dir() != do.inode.is_dir():
@@ -682,11 +722,18 @@ class Engine:
                 raise _err(errno.EINVAL, "cannot move a directory into itself")
             if dst is not None and dst != src and self._is_dir(txn, dst) and self._is_ancestor(txn, dst, p1):
                 raise _err(errno.ENOTEMPTY, "cannot replace an ancestor of the source")
+            if dst is not None and noreplace:
+                raise _err(errno.EEXIST, os.fsdecode(n2))
             if dst == src:
                 return  # same file: POSIX says do nothing
+            access.may_delete(cred, d1.inode, so.inode)
+            if dst is None:
+                access.may_create(cred, d2.inode)
+            else:
+                access.may_delete(cred, d2.inode, self._need(txn, dst).inode)
+            if so.inode.is_dir() and p1 != p2:  # its ".." changes
+                access.check(cred, so.inode, access.W)
             if dst is not None:
-                if noreplace:
-                    raise _err(errno.EEXIST, os.fsdecode(n2))
                 do = self._need(txn, dst)
                 if so.inode.is_dir():
                     if not do.inode.is_dir():
@@ -703,10 +750,10 @@ class Engine:
                     self._unlinked(txn, dst, do)
             self._set_dirent(txn, p1, d1, n1, None)
             self._set_dirent(txn, p2, d2, n2, src, so.inode.mode)  # d2 gives the base tree only
-            if whiteout is not None:
+            if whiteout:
                 wino = self._new_ino(txn)
                 now = time.time_ns()
-                w = Inode(mode=stat.S_IFCHR, uid=whiteout[0], gid=whiteout[1], nlink=1,
+                w = Inode(mode=stat.S_IFCHR, uid=cred.uid, gid=cred.gid, nlink=1,
                           atime_ns=now, mtime_ns=now, ctime_ns=now)
                 self._put(txn, wino, OInode(w, 0, 0, self._gen(txn)))
                 self._set_dirent(txn, p1, d1, n1, wino, stat.S_IFCHR)
@@ -745,7 +792,7 @@ class Engine:
 
     # -- contents ----------------------------------------------------------------------
 
-    def read(self, ino: int, offset: int, size: int) -> bytes:
+    def read(self, cred: Cred, ino: int, offset: int, size: int) -> bytes:
         with self._reading() as txn:
             o = self._need(txn, ino)
             if o.inode.is_dir():
@@ -754,11 +801,10 @@ class Engine:
                 raise _err(errno.EINVAL)
             return self.files.read(txn, ino, o, offset, size)
 
-    def write(self, ino: int, offset: int, data: bytes, *, append: bool = False,
-              kill_priv: bool = False) -> int:
-        """Write *data* at *offset* (at the end, atomically, with *append*). *kill_priv*:
-        also clear setuid (and setgid, when group-executable), as a write by anyone but root
-        does on Linux; in the same operation."""
+    def write(self, cred: Cred, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
+        """Write *data* at *offset* (at the end, atomically, with *append*). A write by
+        anyone but root also clears setuid (and setgid, when group-executable), in the same
+        operation, as on Linux."""
         with self.ov.op() as txn:
             o = self._need(txn, ino)
             if not o.inode.is_reg():
@@ -788,7 +834,8 @@ class Engine:
                 grown += len(cur) - (len(stored) - 8 if stored is not None else 0)
                 pos = p0 + b
             self._count_pages(txn, grown)
-            extra = {"mode": _killed(o.inode.mode)} if kill_priv and _killed(o.inode.mode) != o.inode.mode else {}
+            killed = access.after_write(cred, o.inode)
+            extra = {} if killed is None else {"mode": killed}
             self._touch(txn, ino, o, size=new_size, **extra)
         self._maybe_spill()
         return len(data)
@@ -828,31 +875,39 @@ class Engine:
         limit = min(o.base_limit, size)
         return OInode(o.inode, limit, o.flags, o.gen)
 
-    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
-                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
-                kill_priv: bool = False) -> Attr:
+    def setattr(self, cred: Cred, ino: int, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None, handle: bool = False, chown: bool = False) -> Attr:
+        """chmod, chown, truncate, utimes in one (a time of ``NOW``: the current time).
+        *handle*: a truncation through a handle opened for writing (ftruncate), which the
+        open has checked; *chown*: a chown to the same owner and group (it still drops
+        setuid and setgid). Mode changes the rules imply are made in the same operation
+        (spawn.access.setattr_changes)."""
         with self.ov.op() as txn:
             o = self._need(txn, ino)
+            implied = access.setattr_changes(cred, o.inode, mode=mode, uid=uid, gid=gid, size=size,
+                                             atime_ns=atime_ns, mtime_ns=mtime_ns, handle=handle,
+                                             chown=chown)
             kw: dict[str, object] = {}
             if size is not None:
                 o = self._truncate(txn, ino, o, size)
                 kw["size"] = size
             if mode is not None:
                 kw["mode"] = stat.S_IFMT(o.inode.mode) | stat.S_IMODE(mode)
+            kw.update(implied)
             if uid is not None:
                 kw["uid"] = uid
             if gid is not None:
                 kw["gid"] = gid
+            now = time.time_ns()
             if atime_ns is not None:
-                kw["atime_ns"] = atime_ns
+                kw["atime_ns"] = now if atime_ns == NOW else atime_ns
             if mtime_ns is not None:
-                kw["mtime_ns"] = mtime_ns
-            if kill_priv and mode is None and o.inode.is_reg():
-                kw["mode"] = _killed(o.inode.mode)
+                kw["mtime_ns"] = now if mtime_ns == NOW else mtime_ns
             o = self._touch(txn, ino, o, m=size is not None and mtime_ns is None, **kw)
             return self._attr(txn, ino, o)
 
-    def fallocate(self, ino: int, offset: int, length: int, mode: int = 0) -> None:
+    def fallocate(self, cred: Cred, ino: int, offset: int, length: int, mode: int = 0) -> None:
         """fallocate(2): space is not reserved (the overlay and the store allocate as they
         write), but sizes and zeros are as on a local filesystem: mode 0 extends the file,
         KEEP_SIZE changes nothing, PUNCH_HOLE and ZERO_RANGE make the range read as zeros."""
@@ -872,10 +927,10 @@ class Engine:
             pos = offset
             while pos < stop:
                 n = min(stop - pos, 1 << 20)
-                self.write(ino, pos, bytes(n))
+                self.write(cred, ino, pos, bytes(n))
                 pos += n
         if not mode & keep and end > size:
-            self.setattr(ino, size=end)
+            self.setattr(cred, ino, size=end, handle=True)
 
     # -- spilling to the block store ---------------------------------------------------
 
@@ -947,22 +1002,26 @@ class Engine:
 
     # -- xattrs ------------------------------------------------------------------------
 
-    def getxattr(self, ino: int, name: bytes) -> bytes:
+    def getxattr(self, cred: Cred, ino: int, name: bytes) -> bytes:
         with self._reading() as txn:
-            for k, v in self._need(txn, ino).inode.xattrs:
+            i = self._need(txn, ino).inode
+            access.may_xattr(cred, i, name, write=False)
+            for k, v in i.xattrs:
                 if k == name:
                     return v
         raise _err(errno.ENODATA, os.fsdecode(name))
 
-    def listxattr(self, ino: int) -> list[bytes]:
+    def listxattr(self, cred: Cred, ino: int) -> list[bytes]:
         with self._reading() as txn:
-            return [k for k, _ in self._need(txn, ino).inode.xattrs]
+            return [k for k, _ in self._need(txn, ino).inode.xattrs if access.visible_xattr(cred, k)]
 
-    def setxattr(self, ino: int, name: bytes, value: bytes, *, create: bool = False, replace: bool = False) -> None:
+    def setxattr(self, cred: Cred, ino: int, name: bytes, value: bytes, *, create: bool = False,
+                 replace: bool = False) -> None:
         if not name or len(name) > 255 or len(value) > _XATTR_MAX:
             raise _err(errno.ERANGE if name else errno.EINVAL)
         with self.ov.op() as txn:
             o = self._need(txn, ino)
+            access.may_xattr(cred, o.inode, name, write=True)
             attrs = dict(o.inode.xattrs)
             if create and name in attrs:
                 raise _err(errno.EEXIST)
@@ -971,9 +1030,10 @@ class Engine:
             attrs[name] = value
             self._touch(txn, ino, o, m=False, xattrs=tuple(sorted(attrs.items())))
 
-    def removexattr(self, ino: int, name: bytes) -> None:
+    def removexattr(self, cred: Cred, ino: int, name: bytes) -> None:
         with self.ov.op() as txn:
             o = self._need(txn, ino)
+            access.may_xattr(cred, o.inode, name, write=True)
             attrs = dict(o.inode.xattrs)
             if name not in attrs:
                 raise _err(errno.ENODATA)
@@ -982,24 +1042,15 @@ class Engine:
 
     # -- durability --------------------------------------------------------------------
 
-    def fsync(self) -> None:
+    def fsync(self, cred: Cred) -> None:
         """Everything so far survives a machine crash (spawn.journal)."""
         self.ov.sync()
 
-    def statfs(self) -> tuple[int, int, int]:
+    def statfs(self, cred: Cred) -> tuple[int, int, int]:
         """(total, free, available) bytes of the disk that holds this spawn's overlay: what
         a client can still write before local state spills or the disk fills."""
         v = os.statvfs(self.ov.path)
         return v.f_blocks * v.f_frsize, v.f_bfree * v.f_frsize, v.f_bavail * v.f_frsize
-
-
-def _killed(mode: int) -> int:
-    """*mode* without setuid, and without setgid when group-executable (Linux's
-    should_remove_suid: a setgid file without group execute is mandatory locking, kept)."""
-    drop = stat.S_ISUID
-    if mode & stat.S_IXGRP:
-        drop |= stat.S_ISGID
-    return mode & ~drop
 
 
 def _fields(i: Inode) -> dict[str, object]:

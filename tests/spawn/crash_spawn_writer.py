@@ -12,6 +12,7 @@ import hashlib
 import random
 import sys
 
+from spawn.cred import ROOT
 from spawn.spawner import Spawner
 from store.local import LocalStore
 
@@ -25,7 +26,7 @@ def main() -> None:
     rng = random.Random(seed)
     store = LocalStore.open(store_dir)
     e = Spawner(store, spawns_dir).engine(sid)
-    files = {n: bytearray(e.read(a.ino, 0, a.size)) for n, a in e.readdir(1) if n.startswith(b"w")}
+    files = {n: bytearray(e.read(ROOT, a.ino, 0, a.size)) for n, a in e.readdir(ROOT, 1) if n.startswith(b"w")}
     out = sys.stdout
     n_ops = 0
     while True:
@@ -49,13 +50,13 @@ def main() -> None:
         out.write(f"BEGIN {name.decode()} {digest(old)} {digest(new)}\n")
         out.flush()
         if op == "create":
-            e.create(1, name, 0o644, 0, 0)
+            e.create(ROOT, 1, name, 0o644)
         elif op == "unlink":
-            e.unlink(1, name)
+            e.unlink(ROOT, 1, name)
         elif op == "truncate":
-            e.setattr(e.lookup(1, name).ino, size=len(new))
+            e.setattr(ROOT, e.lookup(ROOT, 1, name).ino, size=len(new))
         else:
-            e.write(e.lookup(1, name).ino, off, data)
+            e.write(ROOT, e.lookup(ROOT, 1, name).ino, off, data)
         if new is None:
             files.pop(name)
         else:
@@ -64,7 +65,7 @@ def main() -> None:
         out.flush()
         n_ops += 1
         if n_ops % 5 == 0:
-            e.fsync()
+            e.fsync(ROOT)
 
 
 if __name__ == "__main__":

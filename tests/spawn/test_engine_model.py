@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from spawn.cred import ROOT
 from spawn.engine import Engine
 from spawn.importer import Importer
 from spawn.save import SaveBusy, SaveJob, save
@@ -78,7 +79,7 @@ class EngineVsDisk(RuleBasedStateMachine):
     def ino(self, rel: bytes) -> int:
         ino = 1
         for part in [p for p in rel.split(b"/") if p]:
-            ino = self.e.lookup(ino, part).ino
+            ino = self.e.lookup(ROOT, ino, part).ino
         return ino
 
     def mpath(self, rel: bytes) -> bytes:
@@ -115,18 +116,18 @@ class EngineVsDisk(RuleBasedStateMachine):
         def eng():
             p = self.ino(d)
             try:
-                i = self.e.lookup(p, n).ino
-                a = self.e.getattr(i)
+                i = self.e.lookup(ROOT, p, n).ino
+                a = self.e.getattr(ROOT, i)
                 if stat.S_ISDIR(a.mode):
                     raise OSError(errno.EISDIR, "dir")
                 if not stat.S_ISREG(a.mode):
                     raise OSError(errno.EEXIST, "not a file")
-                self.e.setattr(i, size=0)
+                self.e.setattr(ROOT, i, size=0)
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise
-                i = self.e.create(p, n, 0o644, 0, 0).ino
-            self.e.write(i, 0, data)
+                i = self.e.create(ROOT, p, n, 0o644).ino
+            self.e.write(ROOT, i, 0, data)
 
         def mod():
             p = os.path.join(self.mpath(d), n)
@@ -143,10 +144,10 @@ class EngineVsDisk(RuleBasedStateMachine):
             return
         def eng():
             i = self.ino(d + b"/" + n if d else n)
-            a = self.e.getattr(i)
+            a = self.e.getattr(ROOT, i)
             if not stat.S_ISREG(a.mode):
                 raise OSError(errno.EISDIR if stat.S_ISDIR(a.mode) else errno.EINVAL, "")
-            self.e.write(i, off, data, append=append)
+            self.e.write(ROOT, i, off, data, append=append)
 
         def mod():
             p = os.path.join(self.mpath(d), n)
@@ -169,9 +170,9 @@ class EngineVsDisk(RuleBasedStateMachine):
             return
         def eng():
             i = self.ino(d + b"/" + n if d else n)
-            if stat.S_ISLNK(self.e.getattr(i).mode):
+            if stat.S_ISLNK(self.e.getattr(ROOT, i).mode):
                 raise OSError(errno.EINVAL, "")
-            self.e.setattr(i, size=size)
+            self.e.setattr(ROOT, i, size=size)
 
         def mod():
             p = os.path.join(self.mpath(d), n)
@@ -185,26 +186,26 @@ class EngineVsDisk(RuleBasedStateMachine):
     def mkdir(self, d, n):
         if not self.real_dirs(d):
             return
-        self.both(lambda: self.e.mkdir(self.ino(d), n, 0o755, 0, 0), lambda: os.mkdir(os.path.join(self.mpath(d), n)))
+        self.both(lambda: self.e.mkdir(ROOT, self.ino(d), n, 0o755), lambda: os.mkdir(os.path.join(self.mpath(d), n)))
 
     @rule(d=DIRS, n=NAMES)
     def unlink(self, d, n):
         if not self.real_dirs(d):
             return
-        self.both(lambda: self.e.unlink(self.ino(d), n), lambda: os.unlink(os.path.join(self.mpath(d), n)))
+        self.both(lambda: self.e.unlink(ROOT, self.ino(d), n), lambda: os.unlink(os.path.join(self.mpath(d), n)))
 
     @rule(d=DIRS, n=NAMES)
     def rmdir(self, d, n):
         if not self.real_dirs(d):
             return
-        self.both(lambda: self.e.rmdir(self.ino(d), n), lambda: os.rmdir(os.path.join(self.mpath(d), n)))
+        self.both(lambda: self.e.rmdir(ROOT, self.ino(d), n), lambda: os.rmdir(os.path.join(self.mpath(d), n)))
 
     @rule(d1=DIRS, n1=NAMES, d2=DIRS, n2=NAMES)
     def rename(self, d1, n1, d2, n2):
         if not self.real_dirs(d1, d2):
             return
         self.both(
-            lambda: self.e.rename(self.ino(d1), n1, self.ino(d2), n2),
+            lambda: self.e.rename(ROOT, self.ino(d1), n1, self.ino(d2), n2),
             lambda: os.rename(os.path.join(self.mpath(d1), n1), os.path.join(self.mpath(d2), n2)),
         )
 
@@ -214,7 +215,7 @@ class EngineVsDisk(RuleBasedStateMachine):
             return
         def eng():
             src = self.ino(d1 + b"/" + n1 if d1 else n1)
-            self.e.link(src, self.ino(d2), n2)
+            self.e.link(ROOT, src, self.ino(d2), n2)
 
         self.both(eng, lambda: os.link(os.path.join(self.mpath(d1), n1), os.path.join(self.mpath(d2), n2), follow_symlinks=False))
 
@@ -222,7 +223,7 @@ class EngineVsDisk(RuleBasedStateMachine):
     def symlink(self, d, n, dest):
         if not self.real_dirs(d):
             return
-        self.both(lambda: self.e.symlink(self.ino(d), n, dest, 0, 0), lambda: os.symlink(dest, os.path.join(self.mpath(d), n)))
+        self.both(lambda: self.e.symlink(ROOT, self.ino(d), n, dest), lambda: os.symlink(dest, os.path.join(self.mpath(d), n)))
 
     @rule(d=DIRS, n=NAMES, mode=st.sampled_from([0o600, 0o755, 0o4711, 0o640]))
     def chmod(self, d, n, mode):
@@ -230,9 +231,9 @@ class EngineVsDisk(RuleBasedStateMachine):
             return
         def eng():
             i = self.ino(d + b"/" + n if d else n)
-            if stat.S_ISLNK(self.e.getattr(i).mode):
+            if stat.S_ISLNK(self.e.getattr(ROOT, i).mode):
                 return
-            self.e.setattr(i, mode=mode)
+            self.e.setattr(ROOT, i, mode=mode)
 
         def mod():
             p = os.path.join(self.mpath(d), n)
@@ -311,7 +312,7 @@ class EngineVsDisk(RuleBasedStateMachine):
         out = {}
 
         def walk(ino, rel):
-            for name, a in e.readdir(ino):
+            for name, a in e.readdir(ROOT, ino):
                 p = rel + b"/" + name if rel else name
                 out[p] = a.ino
                 if stat.S_ISDIR(a.mode):
@@ -350,7 +351,7 @@ class EngineVsDisk(RuleBasedStateMachine):
 
     def walk_engine(self, e: Engine, ino: int, rel: bytes) -> dict:
         out = {}
-        for name, a in e.readdir(ino):
+        for name, a in e.readdir(ROOT, ino):
             p = rel + b"/" + name if rel else name
             out[p] = self._desc_engine(e, a)
             if stat.S_ISDIR(a.mode):
@@ -372,9 +373,9 @@ class EngineVsDisk(RuleBasedStateMachine):
         d = {"mode": a.mode, "nlink": a.nlink}
         if stat.S_ISREG(a.mode):
             d["size"] = a.size
-            d["data"] = e.read(a.ino, 0, a.size + 10)
+            d["data"] = e.read(ROOT, a.ino, 0, a.size + 10)
         elif stat.S_ISLNK(a.mode):
-            d["target"] = e.readlink(a.ino)
+            d["target"] = e.readlink(ROOT, a.ino)
         return d
 
     def _desc_model(self, full, st_):

@@ -11,6 +11,7 @@ import textwrap
 import lmdb
 import pytest
 
+from spawn.cred import ROOT as SU
 from spawn.engine import Engine
 from spawn.importer import Importer
 from spawn.journal import DELETE, PUT, decode_records, encode_record
@@ -48,15 +49,16 @@ CHILD = textwrap.dedent("""
     import os, sys
     from store.local import LocalStore
     from spawn.engine import Engine
+    from spawn.cred import ROOT as SU
     store = LocalStore.open(sys.argv[1])
     e = Engine(store, sys.argv[2], bytes.fromhex(sys.argv[3]) if sys.argv[3] != "-" else None)
     sizes = []
     for i in range(int(sys.argv[4])):
-        a = e.create(1, b"f%d" % i, 0o644, 0, 0)
+        a = e.create(SU, 1, b"f%d" % i, 0o644)
         sizes.append(e.ov.journal.size)
-        e.write(a.ino, 0, b"%d" % i * 1000)
+        e.write(SU, a.ino, 0, b"%d" % i * 1000)
         sizes.append(e.ov.journal.size)
-    e.unlink(1, b"old")
+    e.unlink(SU, 1, b"old")
     sizes.append(e.ov.journal.size)
     print(e.ov.checkpoints, *sizes, flush=True)
     os._exit(0)  # as a SIGKILL would: no close, no checkpoint, no flush
@@ -73,7 +75,7 @@ def run_child(tmp_path, root, n):
 
 
 def names(e: Engine) -> dict[bytes, bytes]:
-    return {n: e.read(a.ino, 0, a.size) for n, a in e.readdir(1)}
+    return {n: e.read(SU, a.ino, 0, a.size) for n, a in e.readdir(SU, 1)}
 
 
 def expected(k: int, n: int) -> dict[bytes, bytes]:
@@ -166,21 +168,21 @@ def test_a_failed_operation_changes_nothing(base):
     with LocalStore.open(tmp_path / "store") as store:
         e = Engine(store, tmp_path / "ov", root)
         try:
-            a = e.create(1, b"f", 0o644, 0, 0)
-            e.write(a.ino, 0, b"x" * 100_000)
+            a = e.create(SU, 1, b"f", 0o644)
+            e.write(SU, a.ino, 0, b"x" * 100_000)
             before = e.ov.journal.size, names(e), e.overlay_bytes
-            e.mkdir(1, b"d", 0o755, 0, 0)
-            e.create(e.lookup(1, b"d").ino, b"inside", 0o644, 0, 0)
+            e.mkdir(SU, 1, b"d", 0o755)
+            e.create(SU, e.lookup(SU, 1, b"d").ino, b"inside", 0o644)
             with pytest.raises(OSError):
-                e.rename(1, b"f", 1, b"d")  # a file over a non-empty directory: EISDIR
+                e.rename(SU, 1, b"f", 1, b"d")  # a file over a non-empty directory: EISDIR
             with pytest.raises(OSError):
-                e.rmdir(1, b"d")  # not empty
-            e.unlink(e.lookup(1, b"d").ino, b"inside")
-            e.rmdir(1, b"d")
+                e.rmdir(SU, 1, b"d")  # not empty
+            e.unlink(SU, e.lookup(SU, 1, b"d").ino, b"inside")
+            e.rmdir(SU, 1, b"d")
             assert names(e) == before[1] and e.overlay_bytes == before[2]
             size = e.ov.journal.size
             with pytest.raises(OSError):
-                e.setattr(e.lookup(1, b"old").ino, size=-1)
+                e.setattr(SU, e.lookup(SU, 1, b"old").ino, size=-1)
             assert e.ov.journal.size == size  # a refused operation writes no record
         finally:
             e.close()

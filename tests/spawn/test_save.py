@@ -10,6 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from spawn.archive import Archive
+from spawn.cred import ROOT
 from spawn.engine import Engine
 from spawn.importer import Importer
 from spawn.save import save
@@ -24,10 +25,10 @@ def test_splice_keeps_untouched_leaves(tmp_path):
     store = MemoryStore()
     root = Importer(store).run(src)
     e = Engine(store, tmp_path / "ov", root)
-    ino = e.lookup(1, b"big").ino
+    ino = e.lookup(ROOT, 1, b"big").ino
     model = bytearray(base)
     for off, data in ((1_000_000, b"A" * 5000), (2_999_990, b"B" * 30), (10, b"C")):
-        e.write(ino, off, data)
+        e.write(ROOT, ino, off, data)
         end = off + len(data)
         if end > len(model):
             model.extend(bytes(end - len(model)))
@@ -46,15 +47,15 @@ def test_truncate_then_extend_reads_zeros_after_save(tmp_path):
     (src / "f").write_bytes(os.urandom(500_000))
     store = MemoryStore()
     e = Engine(store, tmp_path / "ov", Importer(store).run(src))
-    ino = e.lookup(1, b"f").ino
-    head = e.read(ino, 0, 100_000)
-    e.setattr(ino, size=100_000)
-    e.setattr(ino, size=300_000)
-    e.write(ino, 250_000, b"tail")
+    ino = e.lookup(ROOT, 1, b"f").ino
+    head = e.read(ROOT, ino, 0, 100_000)
+    e.setattr(ROOT, ino, size=100_000)
+    e.setattr(ROOT, ino, size=300_000)
+    e.write(ROOT, ino, 250_000, b"tail")
     expect = head + bytes(150_000) + b"tail" + bytes(300_000 - 250_004)
-    assert e.read(ino, 0, 400_000) == expect
+    assert e.read(ROOT, ino, 0, 400_000) == expect
     new = save(e)
-    assert e.read(ino, 0, 400_000) == expect  # the same after the rebase
+    assert e.read(ROOT, ino, 0, 400_000) == expect  # the same after the rebase
     a = Archive(store, new)
     assert a.open(a.resolve("f")).read(0, 400_000) == expect
 
@@ -78,7 +79,7 @@ def test_owner_runs_the_short_steps_and_the_caller_writes_the_blocks(tmp_path):
     (src / "f").write_bytes(os.urandom(200_000))
     store = MemoryStore()
     e = Engine(store, tmp_path / "ov", Importer(store).run(src))
-    e.write(e.lookup(1, b"f").ino, 0, os.urandom(150_000))
+    e.write(ROOT, e.lookup(ROOT, 1, b"f").ino, 0, os.urandom(150_000))
     e.checkpoint()  # the owner thread takes over from here (spawn.overlay: one owner)
     ex = ThreadPoolExecutor(max_workers=1)
     owner_thread = ex.submit(threading.current_thread).result()
@@ -113,9 +114,9 @@ def test_sparse_extension_is_saved_as_a_hole(tmp_path):
     (src / "f").write_bytes(b"head")
     store = MemoryStore()
     e = Engine(store, tmp_path / "ov", Importer(store).run(src))
-    ino = e.lookup(1, b"f").ino
-    e.setattr(ino, size=1 << 30)  # a GiB of zeros nobody wrote
-    e.write(ino, 512 << 20, b"middle")
+    ino = e.lookup(ROOT, 1, b"f").ino
+    e.setattr(ROOT, ino, size=1 << 30)  # a GiB of zeros nobody wrote
+    e.write(ROOT, ino, 512 << 20, b"middle")
     before = store.statistics().logical_bytes
     new = save(e)
     assert store.statistics().logical_bytes - before < 200_000  # no GiB fed to the chunker

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from spawn.archive import Archive
+from spawn.cred import ROOT as SU
 from spawn.engine import Engine
 from spawn.importer import Importer
 from spawn.save import SaveBusy, SaveCancelled, SaveJob, save
@@ -42,16 +43,16 @@ def describe(e: Engine) -> dict[str, list]:
     out: dict[str, list] = {}
 
     def walk(ino: int, rel: bytes) -> None:
-        for name, a in e.readdir(ino):
+        for name, a in e.readdir(SU, ino):
             p = rel + b"/" + name if rel else name
             # (A directory's size is its entry count as of the last save: not compared.)
             size = None if stat.S_ISDIR(a.mode) else a.size
             d: list = [a.ino, a.mode, a.nlink, a.uid, a.gid, size, a.mtime_ns, a.ctime_ns]
             if stat.S_ISREG(a.mode):
-                d.append(hashlib.blake2b(e.read(a.ino, 0, a.size + 1)).hexdigest())
+                d.append(hashlib.blake2b(e.read(SU, a.ino, 0, a.size + 1)).hexdigest())
             elif stat.S_ISLNK(a.mode):
-                d.append(e.readlink(a.ino).hex())
-            d.append([[k.hex(), e.getxattr(a.ino, k).hex()] for k in e.listxattr(a.ino)])
+                d.append(e.readlink(SU, a.ino).hex())
+            d.append([[k.hex(), e.getxattr(SU, a.ino, k).hex()] for k in e.listxattr(SU, a.ino)])
             out[p.decode("latin-1")] = d
             if stat.S_ISDIR(a.mode):
                 walk(a.ino, p)
@@ -65,7 +66,7 @@ def listing(e: Engine) -> dict[str, int]:
     out: dict[str, int] = {}
 
     def walk(ino: int, rel: str) -> None:
-        for name, a in e.readdir(ino):
+        for name, a in e.readdir(SU, ino):
             p = f"{rel}/{name.decode()}" if rel else name.decode()
             out[p] = a.mode
             if stat.S_ISDIR(a.mode):
@@ -79,7 +80,7 @@ def ino_of(e: Engine, path: str) -> int:
     ino = 1
     for part in path.split("/"):
         if part:
-            ino = e.lookup(ino, part.encode()).ino
+            ino = e.lookup(SU, ino, part.encode()).ino
     return ino
 
 
@@ -93,28 +94,28 @@ def write(e: Engine, path: str, off: int, data: bytes) -> None:
         ino = ino_of(e, path)
     except FileNotFoundError:
         p, n = parent_and_name(e, path)
-        ino = e.create(p, n, 0o644, 0, 0).ino
-    e.write(ino, off, data)
+        ino = e.create(SU, p, n, 0o644).ino
+    e.write(SU, ino, off, data)
 
 
 def truncate(e: Engine, path: str, size: int) -> None:
-    e.setattr(ino_of(e, path), size=size)
+    e.setattr(SU, ino_of(e, path), size=size)
 
 
 def unlink(e: Engine, path: str) -> None:
-    e.unlink(*parent_and_name(e, path))
+    e.unlink(SU, *parent_and_name(e, path))
 
 
 def rename(e: Engine, a: str, b: str) -> None:
-    e.rename(*parent_and_name(e, a), *parent_and_name(e, b))
+    e.rename(SU, *parent_and_name(e, a), *parent_and_name(e, b))
 
 
 def mkdir(e: Engine, path: str) -> None:
-    e.mkdir(*parent_and_name(e, path), 0o755, 0, 0)
+    e.mkdir(SU, *parent_and_name(e, path), 0o755)
 
 
 def rmdir(e: Engine, path: str) -> None:
-    e.rmdir(*parent_and_name(e, path))
+    e.rmdir(SU, *parent_and_name(e, path))
 
 
 def page_bytes_exact(e: Engine) -> bool:
@@ -239,8 +240,8 @@ def test_truncation_after_snapshot_stays_cut_over_the_new_base(sp):
 
     interleave(sp, during, later)
     a = ino_of(sp.e, "a")
-    assert sp.e.read(a, 9_990, 20) == b"A" * 10 + bytes(10)
-    assert sp.e.read(a, 100_000, 20_000) == bytes(20_000)
+    assert sp.e.read(SU, a, 9_990, 20) == b"A" * 10 + bytes(10)
+    assert sp.e.read(SU, a, 100_000, 20_000) == bytes(20_000)
 
 
 def test_truncation_to_less_than_before_snapshot_then_write_past_it(sp):
@@ -252,7 +253,7 @@ def test_truncation_to_less_than_before_snapshot_then_write_past_it(sp):
         write(e, "a", 100_000, b"C")
 
     interleave(sp, during, lambda e: None)
-    assert sp.e.read(ino_of(sp.e, "a"), 44_990, 20) == b"B" * 10 + bytes(10)
+    assert sp.e.read(SU, ino_of(sp.e, "a"), 44_990, 20) == b"B" * 10 + bytes(10)
 
 
 def test_names_made_before_and_removed_after_the_snapshot_stay_gone(sp):
@@ -304,11 +305,11 @@ def test_rename_over_and_hard_links_across_the_snapshot(sp):
     write(sp.e, "p", 0, b"p" * 1000)
     write(sp.e, "q", 0, b"q" * 1000)
     e = sp.e
-    e.link(ino_of(e, "p"), 1, b"p2")
+    e.link(SU, ino_of(e, "p"), 1, b"p2")
 
     def during(e):
         rename(e, "p", "q")  # q's inode goes
-        e.link(ino_of(e, "a"), ino_of(e, "d"), b"a-link")
+        e.link(SU, ino_of(e, "a"), ino_of(e, "d"), b"a-link")
 
     def later(e):
         unlink(e, "q")
@@ -321,17 +322,17 @@ def test_rename_over_and_hard_links_across_the_snapshot(sp):
 def test_metadata_changes_after_the_snapshot(sp):
     write(sp.e, "m", 0, b"m")
     e = sp.e
-    e.setxattr(ino_of(e, "m"), b"user.k", b"v1")
+    e.setxattr(SU, ino_of(e, "m"), b"user.k", b"v1")
 
     def during(e):
         i = ino_of(e, "m")
-        e.setattr(i, mode=0o600, uid=7, gid=8, mtime_ns=123456789)
-        e.setxattr(i, b"user.k", b"v2")
-        e.setxattr(ino_of(e, "d"), b"user.dir", b"yes")
+        e.setattr(SU, i, mode=0o600, uid=7, gid=8, mtime_ns=123456789)
+        e.setxattr(SU, i, b"user.k", b"v2")
+        e.setxattr(SU, ino_of(e, "d"), b"user.dir", b"yes")
 
     def later(e):
-        e.setattr(ino_of(e, "d/sub"), mode=0o700)
-        e.symlink(1, b"sl", b"somewhere", 0, 0)
+        e.setattr(SU, ino_of(e, "d/sub"), mode=0o700)
+        e.symlink(SU, 1, b"sl", b"somewhere")
 
     interleave(sp, during, later)
 
@@ -340,63 +341,63 @@ def test_orphans_across_the_snapshot(sp):
     e = sp.e
     write(e, "o1", 0, b"1" * 100_000)
     o1 = ino_of(e, "o1")
-    e.open(o1)
+    e.open(SU, o1)
     unlink(e, "o1")  # an orphan at G: the save leaves it out, the spawn keeps it
     write(e, "o2", 0, b"2" * 100_000)
     o2 = ino_of(e, "o2")
 
     def during(e):
-        e.write(o1, 0, b"written-after-G")
-        e.open(o2)
+        e.write(SU, o1, 0, b"written-after-G")
+        e.open(SU, o2)
         unlink(e, "o2")  # an orphan made after G
-        e.write(o2, 5, b"X")
+        e.write(SU, o2, 5, b"X")
 
     interleave(sp, during, lambda e: None)
     # interleave reopened the engine: opens do not survive a restart, orphans are purged.
     with pytest.raises(FileNotFoundError):
-        sp.e.getattr(o1)
+        sp.e.getattr(SU, o1)
 
 
 def test_orphans_readable_until_released_after_finish(sp):
     e = sp.e
     write(e, "o1", 0, b"1" * 100_000)
     o1 = ino_of(e, "o1")
-    e.open(o1)
+    e.open(SU, o1)
     unlink(e, "o1")
     job = SaveJob(e)
     job.snapshot()
-    e.write(o1, 0, b"ABC")
+    e.write(SU, o1, 0, b"ABC")
     write(e, "o2", 0, b"2" * 70_000)
     o2 = ino_of(e, "o2")
-    e.open(o2)
+    e.open(SU, o2)
     unlink(e, "o2")
     job.write()
-    e.write(o2, 65_536, b"Z")
+    e.write(SU, o2, 65_536, b"Z")
     job.finish()
-    assert e.read(o1, 0, 5) == b"ABC11"
-    assert e.read(o1, 99_998, 5) == b"11"
-    assert e.read(o2, 65_530, 10) == b"222222Z222"
-    e.release(o1)
-    e.release(o2)
+    assert e.read(SU, o1, 0, 5) == b"ABC11"
+    assert e.read(SU, o1, 99_998, 5) == b"11"
+    assert e.read(SU, o2, 65_530, 10) == b"222222Z222"
+    e.release(SU, o1)
+    e.release(SU, o2)
     with pytest.raises(FileNotFoundError):
-        e.getattr(o2)
+        e.getattr(SU, o2)
     assert page_bytes_exact(e)
 
 
 def test_inode_numbers_never_go_back(sp):
     e = sp.e
-    made = {e.create(1, b"n%d" % i, 0o644, 0, 0).ino for i in range(3)}
+    made = {e.create(SU, 1, b"n%d" % i, 0o644).ino for i in range(3)}
     job = SaveJob(e)
     job.snapshot()
-    made |= {e.create(1, b"m%d" % i, 0o644, 0, 0).ino for i in range(3)}
+    made |= {e.create(SU, 1, b"m%d" % i, 0o644).ino for i in range(3)}
     root = job.write()
-    made.add(e.create(1, b"w", 0o644, 0, 0).ino)
+    made.add(e.create(SU, 1, b"w", 0o644).ino)
     job.finish()
     high = Archive(sp.store, root).root.ino_high
     assert high < max(made)  # the root's mark is the snapshot's; the spawn went on
-    after = e.create(1, b"after", 0o644, 0, 0).ino
+    after = e.create(SU, 1, b"after", 0o644).ino
     assert after > max(made)
-    after2 = sp.reopen().create(1, b"after2", 0o644, 0, 0).ino
+    after2 = sp.reopen().create(SU, 1, b"after2", 0o644).ino
     assert after2 > after
 
 
@@ -510,7 +511,7 @@ def test_close_during_a_save_aborts_it(sp):
     assert job.state == "aborted"
     with pytest.raises(SaveCancelled):
         job.write()
-    assert sp.e.read(ino_of(sp.e, "a"), 0, 1) == b"z"
+    assert sp.e.read(SU, ino_of(sp.e, "a"), 0, 1) == b"z"
 
 
 # -- random interleavings --------------------------------------------------------------------
@@ -542,9 +543,9 @@ def random_op(rng: random.Random, e: Engine) -> None:
         elif kind == 8:
             rmdir(e, rng.choice(dirs[1:] or ["nothing"]))
         elif kind == 9:
-            e.link(ino_of(e, rng.choice(files)), ino_of(e, where), name.encode())
+            e.link(SU, ino_of(e, rng.choice(files)), ino_of(e, where), name.encode())
         elif kind == 10:
-            e.setattr(ino_of(e, rng.choice(anyp)), mode=rng.choice([0o600, 0o755]))
+            e.setattr(SU, ino_of(e, rng.choice(anyp)), mode=rng.choice([0o600, 0o755]))
         else:
             e.spill(0)
     except OSError:
@@ -660,7 +661,7 @@ def test_writers_progress_while_blocks_are_written(sp):
     i = 0
     while t.is_alive():
         t0 = time.monotonic()
-        ex.submit(e.write, ino_of(e, "a"), (i * 4096) % 300_000, b"w" * 4096).result()
+        ex.submit(e.write, SU, ino_of(e, "a"), (i * 4096) % 300_000, b"w" * 4096).result()
         ops.append((t0, time.monotonic()))
         i += 1
     t.join()
@@ -682,6 +683,7 @@ CHILD = r"""
 import json, sys, threading, time
 import spawn.save as S
 from spawn.engine import Engine
+from spawn.cred import ROOT as SU
 from store.local import LocalStore
 from tests.spawn.test_save_concurrent import after_snapshot_ops, after_write_ops, describe
 
@@ -741,7 +743,7 @@ def after_write_ops(e: Engine) -> None:
     write(e, "a", 200_000, b"late")
     rename(e, "d/b", "d/b2")
     truncate(e, "big", 50_000)
-    e.fsync()
+    e.fsync(SU)
 
 
 @pytest.mark.parametrize("mode", ["write", "rebase", "committed"])

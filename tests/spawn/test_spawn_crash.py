@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from spawn.cred import ROOT as SU
 from spawn.importer import Importer
 from spawn.spawner import Spawner
 from store.local import LocalStore
@@ -67,8 +68,8 @@ def test_sigkill_loses_no_completed_operation(tmp_path):
         with LocalStore.open(tmp_path / "store") as store:
             sp = Spawner(store, tmp_path / "spawns")
             e = sp.engine(sid)
-            found = {n.decode(): digest(e.read(a.ino, 0, a.size)) for n, a in e.readdir(1) if n.startswith(b"w")}
-            assert e.read(e.lookup(1, b"base").ino, 0, 100_000) == (src / "base").read_bytes()
+            found = {n.decode(): digest(e.read(SU, a.ino, 0, a.size)) for n, a in e.readdir(SU, 1) if n.startswith(b"w")}
+            assert e.read(SU, e.lookup(SU, 1, b"base").ino, 0, 100_000) == (src / "base").read_bytes()
             sp.close()
         if pending is not None:
             interrupted_total += 1

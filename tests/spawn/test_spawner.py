@@ -7,6 +7,7 @@ import os
 import pytest
 
 from spawn.archive import Archive
+from spawn.cred import ROOT
 from spawn.importer import Importer
 from spawn.spawner import Spawner, SpawnLimit, SpawnNotFound
 from store.local import LocalStore
@@ -31,7 +32,7 @@ def test_spawn_reads_only_the_root(tree, tmp_path):
     assert store.statistics().gets - before == 1
     assert info.id == "1" and info.owner == "alice" and info.root.startswith("blake3:")
     e = sp.engine(info.id)
-    assert sorted(n for n, _ in e.readdir(1)) == [b"d", b"f"]
+    assert sorted(n for n, _ in e.readdir(ROOT, 1)) == [b"d", b"f"]
 
 
 def test_owners_see_only_their_spawns(tree, tmp_path):
@@ -68,14 +69,14 @@ def test_save_kill_and_restart(tree, tmp_path):
         sp = Spawner(store, tmp_path / "spawns")
         info = sp.spawn("t", root, owner="alice", uid=1000)
         e = sp.engine(info.id)
-        f = e.lookup(1, b"f").ino
-        e.write(f, 0, b"changed")
-        e.fsync()
+        f = e.lookup(ROOT, 1, b"f").ino
+        e.write(ROOT, f, 0, b"changed")
+        e.fsync(ROOT)
         sp.close()
         # Restart: the change is still there.
         sp = Spawner(store, tmp_path / "spawns")
         e = sp.engine(info.id)
-        assert e.read(f, 0, 7) == b"changed"
+        assert e.read(ROOT, f, 0, 7) == b"changed"
         new = sp.save(info.id, name="t", user="alice")
         a = Archive(store, new)
         assert a.root.prev == root

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from spawn.archive import Archive
+from spawn.cred import ROOT as SU
 from spawn.engine import Engine
 from spawn.overlay import META_PAGE_BYTES
 from spawn.save import SaveJob, save
@@ -42,19 +43,19 @@ def limited(tmp_path):
 
 
 def read_all(e: Engine, ino: int) -> bytes:
-    return e.read(ino, 0, e.getattr(ino).size + 1)
+    return e.read(SU, ino, 0, e.getattr(SU, ino).size + 1)
 
 
 def test_a_20_mib_file_through_a_1_mib_overlay(limited):
     sp = limited
     e = sp.e
     rng = random.Random(1)
-    ino = e.create(1, b"huge", 0o644, 0, 0).ino
+    ino = e.create(SU, 1, b"huge", 0o644).ino
     model = bytearray()
     peak = 0
     while len(model) < 20 * MiB:
         piece = rng.randbytes(rng.randrange(50_000, 300_000))
-        e.write(ino, len(model), piece)
+        e.write(SU, ino, len(model), piece)
         model += piece
         peak = max(peak, e.overlay_bytes)
     assert peak <= MiB
@@ -62,13 +63,13 @@ def test_a_20_mib_file_through_a_1_mib_overlay(limited):
     for _ in range(40):
         off = rng.randrange(0, len(model) - 10_000)
         patch = rng.randbytes(rng.randrange(1, 10_000))
-        e.write(ino, off, patch)
+        e.write(SU, ino, off, patch)
         model[off : off + len(patch)] = patch
         peak = max(peak, e.overlay_bytes)
     assert peak <= MiB
     assert page_bytes_exact(e)
     assert read_all(e, ino) == model
-    assert e.read(ino, 7 * MiB + 3, 100_000) == model[7 * MiB + 3 : 7 * MiB + 100_003]
+    assert e.read(SU, ino, 7 * MiB + 3, 100_000) == model[7 * MiB + 3 : 7 * MiB + 100_003]
     # A restart: the spilled trees are in the store, the count in the overlay.
     e = sp.reopen()
     assert read_all(e, ino) == model
@@ -86,10 +87,10 @@ def test_a_20_mib_file_through_a_1_mib_overlay(limited):
 def test_save_after_everything_spilled_writes_a_few_blocks(limited):
     sp = limited
     e = sp.e
-    ino = e.create(1, b"f", 0o644, 0, 0).ino
+    ino = e.create(SU, 1, b"f", 0o644).ino
     data = random.Random(2).randbytes(5 * MiB)
     for off in range(0, len(data), 256 << 10):
-        e.write(ino, off, data[off : off + (256 << 10)])
+        e.write(SU, ino, off, data[off : off + (256 << 10)])
     e.spill()
     assert e.overlay_bytes == 0
     blocks = sp.store.statistics().blocks
@@ -103,13 +104,13 @@ def test_save_after_everything_spilled_writes_a_few_blocks(limited):
 
 def test_truncate_and_extend_a_spilled_file(limited):
     e = limited.e
-    ino = e.create(1, b"t", 0o644, 0, 0).ino
+    ino = e.create(SU, 1, b"t", 0o644).ino
     data = random.Random(3).randbytes(3 * MiB)
-    e.write(ino, 0, data)
+    e.write(SU, ino, 0, data)
     assert e.overlay_bytes == 0  # one write over the limit spills before it returns
-    e.setattr(ino, size=100_000)
-    e.setattr(ino, size=2 * MiB)
-    e.write(ino, MiB, b"mid")
+    e.setattr(SU, ino, size=100_000)
+    e.setattr(SU, ino, size=2 * MiB)
+    e.write(SU, ino, MiB, b"mid")
     expect = data[:100_000] + bytes(MiB - 100_000) + b"mid" + bytes(MiB - 3)
     assert read_all(e, ino) == expect
     e.spill()
@@ -129,11 +130,11 @@ def test_many_small_files_largest_first(tmp_path):
         for i in range(60):
             name = b"s%02d" % i
             data = rng.randbytes(rng.randrange(1000, 40_000))
-            e.write(e.create(1, name, 0o644, 0, 0).ino, 0, data)
+            e.write(SU, e.create(SU, 1, name, 0o644).ino, 0, data)
             want[name] = data
             assert e.overlay_bytes <= 256 << 10
         for name, data in want.items():
-            assert read_all(e, e.lookup(1, name).ino) == data
+            assert read_all(e, e.lookup(SU, 1, name).ino) == data
         e = sp.reopen()
         root = save(e)
         a = Archive(sp.store, root)
@@ -145,18 +146,18 @@ def test_many_small_files_largest_first(tmp_path):
 
 def test_an_open_unlinked_file_spills_and_goes_at_release(limited):
     e = limited.e
-    ino = e.create(1, b"o", 0o644, 0, 0, open=True).ino
-    e.unlink(1, b"o")
+    ino = e.create(SU, 1, b"o", 0o644, open=True).ino
+    e.unlink(SU, 1, b"o")
     data = random.Random(5).randbytes(3 * MiB)
     for off in range(0, len(data), 200_000):
-        e.write(ino, off, data[off : off + 200_000])
+        e.write(SU, ino, off, data[off : off + 200_000])
     assert e.overlay_bytes <= MiB
     assert read_all(e, ino) == data
     save(e)  # orphans are left out of saves and kept by the rebase
     assert read_all(e, ino) == data
-    e.release(ino)
+    e.release(SU, ino)
     with pytest.raises(FileNotFoundError):
-        e.getattr(ino)
+        e.getattr(SU, ino)
     assert page_bytes_exact(e)
 
 
@@ -172,7 +173,7 @@ def test_spilling_during_a_concurrent_save(limited):
     write(e, "a", 100_000, rng.randbytes(900_000))  # over the limit: "a" spills after G
     assert e.saving is not None and ino_of(e, "a") in e.saving.spilled
     job.write()
-    e.setattr(ino_of(e, "a"), size=300_000)  # truncating the spilled tree, after G
+    e.setattr(SU, ino_of(e, "a"), size=300_000)  # truncating the spilled tree, after G
     write(e, "a", 400_000, b"after")
     write(e, "c", 10, b"c after")  # "c" still has pages at or below G
     latest = describe(e)
@@ -187,7 +188,7 @@ def test_spilling_during_a_concurrent_save(limited):
 def test_a_failing_store_keeps_the_data_in_the_overlay(limited):
     sp = limited
     e = sp.e
-    ino = e.create(1, b"f", 0o644, 0, 0).ino
+    ino = e.create(SU, 1, b"f", 0o644).ino
     real_put = sp.store.put
 
     def full(btype, data):
@@ -196,14 +197,14 @@ def test_a_failing_store_keeps_the_data_in_the_overlay(limited):
     sp.store.put = full  # type: ignore[method-assign]
     data = random.Random(7).randbytes(2 * MiB)
     for off in range(0, len(data), 100_000):
-        assert e.write(ino, off, data[off : off + 100_000]) == len(data[off : off + 100_000])
+        assert e.write(SU, ino, off, data[off : off + 100_000]) == len(data[off : off + 100_000])
     assert e.overlay_bytes > MiB  # over the limit, but nothing lost and no write failed
     assert read_all(e, ino) == data
     sp.store.put = real_put  # type: ignore[method-assign]
-    e.write(ino, 0, data[:10])
+    e.write(SU, ino, 0, data[:10])
     assert e.overlay_bytes > MiB  # no new attempt until another quarter of the limit...
     tail = b"t" * (300_000)
-    e.write(ino, len(data), tail)  # ...has been written: then it spills
+    e.write(SU, ino, len(data), tail)  # ...has been written: then it spills
     assert e.overlay_bytes <= MiB
     assert read_all(e, ino) == data + tail
     del sp.store.put
@@ -212,13 +213,13 @@ def test_a_failing_store_keeps_the_data_in_the_overlay(limited):
 def test_store_errors_during_spill_do_not_fail_writes(limited):
     sp = limited
     e = sp.e
-    ino = e.create(1, b"f", 0o644, 0, 0).ino
+    ino = e.create(SU, 1, b"f", 0o644).ino
 
     def broken():
         raise StoreError("store closed")
 
     sp.store.sync = broken  # type: ignore[method-assign]
-    e.write(ino, 0, b"x" * (2 * MiB))
+    e.write(SU, ino, 0, b"x" * (2 * MiB))
     assert e.overlay_bytes == 2 * MiB  # the spill's transaction was rolled back
     del sp.store.sync
     assert read_all(e, ino) == b"x" * (2 * MiB)
@@ -246,11 +247,12 @@ def test_overlay_limit_must_be_positive(tmp_path, limited):
 SPILL_CHILD = r"""
 import random, sys, time
 from spawn.engine import Engine
+from spawn.cred import ROOT
 from store.local import LocalStore
 
 store = LocalStore.open(sys.argv[1])
 e = Engine(store, sys.argv[2], overlay_limit=1 << 20)
-ino = e.lookup(1, b"grow").ino
+ino = e.lookup(ROOT, 1, b"grow").ino
 rng = random.Random(9)
 real_sync, spills = store.sync, [0]
 
@@ -264,7 +266,7 @@ def sync():
 store.sync = sync
 i = 0
 while True:
-    e.write(ino, i * 100_000, rng.randbytes(100_000))
+    e.write(ROOT, ino, i * 100_000, rng.randbytes(100_000))
     print("DONE", i, flush=True)
     i += 1
 """
@@ -272,7 +274,7 @@ while True:
 
 def test_sigkill_inside_a_spill_loses_nothing(tmp_path):
     sp = Spawn(tmp_path)
-    sp.e.create(1, b"grow", 0o644, 0, 0)
+    sp.e.create(SU, 1, b"grow", 0o644)
     sp.e.close()
     sp.store.close()
     proc = subprocess.Popen(
@@ -293,9 +295,9 @@ def test_sigkill_inside_a_spill_loses_nothing(tmp_path):
     expect = b"".join(rng.randbytes(100_000) for _ in range(done + 2))
     sp.store = LocalStore.open(tmp_path / "store")
     sp.e = Engine(sp.store, sp.ovdir, overlay_limit=MiB)
-    assert read_all(sp.e, sp.e.lookup(1, b"grow").ino) == expect
+    assert read_all(sp.e, sp.e.lookup(SU, 1, b"grow").ino) == expect
     assert page_bytes_exact(sp.e) and sp.e.overlay_bytes > MiB  # the spill did not happen
-    sp.e.write(sp.e.lookup(1, b"grow").ino, len(expect), b"more" * 100_000)
+    sp.e.write(SU, sp.e.lookup(SU, 1, b"grow").ino, len(expect), b"more" * 100_000)
     assert sp.e.overlay_bytes <= MiB  # and happens now
-    assert read_all(sp.e, sp.e.lookup(1, b"grow").ino) == expect + b"more" * 100_000
+    assert read_all(sp.e, sp.e.lookup(SU, 1, b"grow").ino) == expect + b"more" * 100_000
     sp.close()
