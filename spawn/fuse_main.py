@@ -283,7 +283,8 @@ def _run_local(a: argparse.Namespace) -> int:
         except (StoreError, ValueError) as e:
             print(f"fuse_main: {e}", file=sys.stderr)
             return 1
-        host = SpawnHost(engine, "local")
+        owner = a.owner
+        host = SpawnHost(engine, "local", admits=lambda c: c.root or c.uid == owner)
         try:
             try:
                 fd = mount(a.mountpoint, _options())
@@ -291,7 +292,7 @@ def _run_local(a: argparse.Namespace) -> int:
                 print(f"fuse_main: {e}", file=sys.stderr)
                 return 1
             kw = {} if a.timeout is None else {"timeout": a.timeout}
-            done = host.serve_fuse(fd, owner_uid=a.owner, uid=os.getuid(),
+            done = host.serve_fuse(fd, uid=os.getuid(),
                                    mountpoint=a.mountpoint, **kw)
             _on_signals(lambda: unmount(a.mountpoint, lazy=True))
             _ready(a.log)

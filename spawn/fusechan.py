@@ -8,13 +8,16 @@ so that 9P and SFTP get the same behaviour.
 
 What the adapter adds:
 
-* **Privacy**: a request from a uid that is neither the spawn's owner nor root is refused
-  (EACCES) before anything else, except those that act on a handle a checked open returned
-  (read, write, release, ...). The mount has ``default_permissions`` (the kernel checks mode
-  bits) and ``allow_other`` (so root and the owner both reach it). Names and attributes the
-  kernel has cached never reach us, so the root directory's attributes are never cached:
-  every path walk into the mount from outside asks for them (the kernel checks search
-  permission on it), with the caller's uid, and a stranger is refused there.
+* **Credentials**: every request runs as its caller (uid, gid from the request header; the
+  supplementary groups from /proc when a check needs them), and the engine applies the
+  permission rules (spawn.access). The mount has ``default_permissions`` too (the kernel
+  checks mode bits first, a second check) and ``allow_other``.
+* **Privacy**: a request from a user the spawn does not admit (its owner, root, and those it
+  is shared with: ``SpawnHost.admits``) is refused (EACCES) before anything else, except
+  those that act on a handle a checked open returned (read, write, release, ...). Names and
+  attributes the kernel has cached never reach us, so the root directory's attributes are
+  never cached: every path walk into the mount from outside asks for them (the kernel checks
+  search permission on it), with the caller's uid, and a stranger is refused there.
 * **Kernel caching**: names and attributes are cached ``timeout`` seconds (10 by default)
   and file pages while a file's ctime does not move (``keep_cache``). Changes made by other
   clients of the spawn are announced before they return (spawn.host writes the kernel's
@@ -38,7 +41,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spawn import fuseproto as fp
+from spawn.access import NOW, O_EXEC
 from spawn.attr import Attr
+from spawn.cred import ROOT as ROOT_CRED
+from spawn.cred import Cred
 from spawn.fsformat import NAME_MAX
 
 if TYPE_CHECKING:
@@ -97,14 +103,14 @@ class InitParams:
 class FuseChannel:
     """One mounted channel of a spawn. Called on the host thread only."""
 
-    def __init__(self, host: SpawnHost, fd: int, owner_uid: int, *, mountpoint: str = "",
+    def __init__(self, host: SpawnHost, fd: int, *, mountpoint: str = "",
                  uid: int = 0, timeout: float = TIMEOUT, init: dict[str, int] | None = None,
                  on_init: Callable[[InitParams], None] | None = None,
                  on_end: Callable[[str], None] | None = None) -> None:
         self.host = host
         self.fd = fd
-        self.owner_uid = owner_uid
         self.uid = uid  # who mounted it (for grid spawns)
+        self.cred: Cred = ROOT_CRED  # the caller of the request being handled
         self.mountpoint = mountpoint
         self.timeout = timeout
         self.on_init = on_init
@@ -165,7 +171,7 @@ class FuseChannel:
         for ino, n in self.opened.items():
             for _ in range(n):
                 try:
-                    self.host.engine.release(ino)
+                    self.host.engine.release(ROOT_CRED, ino)
                 except Exception:
                     log.exception("mount %s: releasing inode %d", self.mountpoint, ino)
         self.opened.clear()
@@ -191,7 +197,8 @@ class FuseChannel:
         op = req.opcode
         if op in NO_REPLY:
             return
-        if op in CHECKED and req.uid != self.owner_uid and req.uid != 0:
+        self.cred = Cred.of_process(req.uid, req.gid, req.pid)
+        if op in CHECKED and not self.host.admits(self.cred):
             self.write(fp.reply_error(req.unique, errno.EACCES))
             return
         handler = _HANDLERS.get(op)
@@ -214,7 +221,7 @@ class FuseChannel:
     def _call(self, req: fp.Request, op: str, *args: Any, **kw: Any) -> tuple[Any, Callable[[bytes], None]]:
         """Run engine operation *op*; return its value and the function that answers the
         request (once other clients of the spawn have forgotten what it changed)."""
-        value, items = self.host.engine_call(op, list(args), kw, self)
+        value, items = self.host.engine_call(op, self.cred, list(args), kw, self)
         unique = req.unique
 
         def answer(body: bytes) -> None:
@@ -253,7 +260,7 @@ class FuseChannel:
             ino = fh & _INO_BITS
             if fh & _FH_DIR or not ino:
                 raise OSError(errno.EBADF, "no such handle")
-            self.host.engine_call("open", [ino], {}, self)
+            self.host.engine_call("open", ROOT_CRED, [ino], {}, self)  # the kernel checked it
             f = self._files[fh] = _File(ino, bool(fh & _FH_APPEND))
             self._count(ino, 1)
         return f
@@ -318,21 +325,14 @@ class FuseChannel:
             kw["uid"] = uid
         if valid & fp.FATTR_GID:
             kw["gid"] = gid
-        now = None
         if valid & fp.FATTR_ATIME:
-            if valid & fp.FATTR_ATIME_NOW:
-                now = now or _now()
-                kw["atime_ns"] = now
-            else:
-                kw["atime_ns"] = _ns(atime, atimens)
+            kw["atime_ns"] = NOW if valid & fp.FATTR_ATIME_NOW else _ns(atime, atimens)
         if valid & fp.FATTR_MTIME:
-            if valid & fp.FATTR_MTIME_NOW:
-                now = now or _now()
-                kw["mtime_ns"] = now
-            else:
-                kw["mtime_ns"] = _ns(mtime, mtimens)
-        if valid & fp.FATTR_KILL_SUIDGID:
-            kw["kill_priv"] = True
+            kw["mtime_ns"] = NOW if valid & fp.FATTR_MTIME_NOW else _ns(mtime, mtimens)
+        if valid & fp.FATTR_FH:
+            kw["handle"] = True  # ftruncate: the handle's open was checked
+        if valid & fp.FATTR_KILL_SUIDGID and not valid & (fp.FATTR_SIZE | fp.FATTR_MODE):
+            kw["chown"] = True  # chown(f, -1, -1): the kernel sends only "kill setuid/setgid"
         a, answer = self._call(req, "setattr", req.nodeid, **kw)
         answer(fp.attr_out(self._attr(a), 0.0 if a.ino == ROOT else self.timeout))
 
@@ -348,19 +348,19 @@ class FuseChannel:
     def h_mknod(self, req: fp.Request) -> None:
         mode, rdev, _umask, _ = fp.MKNOD_IN.unpack_from(req.body)
         name, _ = fp.cstr(req.body, fp.MKNOD_IN.size)
-        a, answer = self._call(req, "mknod", req.nodeid, name, mode, rdev, req.uid, req.gid)
+        a, answer = self._call(req, "mknod", req.nodeid, name, mode, rdev)
         self._made(req, a, answer)
 
     def h_mkdir(self, req: fp.Request) -> None:
         mode, _umask = fp.MKDIR_IN.unpack_from(req.body)
         name, _ = fp.cstr(req.body, fp.MKDIR_IN.size)
-        a, answer = self._call(req, "mkdir", req.nodeid, name, mode, req.uid, req.gid)
+        a, answer = self._call(req, "mkdir", req.nodeid, name, mode)
         self._made(req, a, answer)
 
     def h_symlink(self, req: fp.Request) -> None:
         name, pos = fp.cstr(req.body)
         target, _ = fp.cstr(req.body, pos)
-        a, answer = self._call(req, "symlink", req.nodeid, name, target, req.uid, req.gid)
+        a, answer = self._call(req, "symlink", req.nodeid, name, target)
         self._made(req, a, answer)
 
     def h_link(self, req: fp.Request) -> None:
@@ -394,33 +394,30 @@ class FuseChannel:
             raise OSError(errno.EINVAL, "rename flags")
         kw: dict[str, Any] = {"noreplace": bool(flags & fp.RENAME_NOREPLACE),
                               "exchange": bool(flags & fp.RENAME_EXCHANGE)}
-        if flags & fp.RENAME_WHITEOUT:  # the kernel has checked CAP_MKNOD
-            kw["whiteout"] = (req.uid, req.gid)
+        if flags & fp.RENAME_WHITEOUT:
+            kw["whiteout"] = True
         _, answer = self._call(req, "rename", req.nodeid, old, newdir, new, **kw)
         answer(b"")
 
     def h_open(self, req: fp.Request) -> None:
-        flags, open_flags = fp.OPEN_IN.unpack_from(req.body)
-        kw: dict[str, Any] = {"truncate": bool(flags & os.O_TRUNC)}
-        if open_flags & fp.OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
-            kw["kill_priv"] = True
-        a, answer = self._call(req, "open", req.nodeid, **kw)
+        flags, _open_flags = fp.OPEN_IN.unpack_from(req.body)
+        a, answer = self._call(req, "open", req.nodeid, flags & (os.O_ACCMODE | os.O_TRUNC | O_EXEC))
         answer(self._open_out(a, flags))
 
     def h_create(self, req: fp.Request) -> None:
         flags, mode, _umask, _ = fp.CREATE_IN.unpack_from(req.body)
         name, _ = fp.cstr(req.body, fp.CREATE_IN.size)
         try:
-            a, answer = self._call(req, "create", req.nodeid, name, mode, req.uid, req.gid, open=True)
+            a, answer = self._call(req, "create", req.nodeid, name, mode, open=True)
         except OSError as e:
             # Another client of the spawn may have made the name since the kernel's own
             # lookup: without O_EXCL that is an ordinary open of the file now there.
             if e.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
-            found = self.host.engine.lookup(req.nodeid, name)
+            found = self.host.engine.lookup(self.cred, req.nodeid, name)
             if stat.S_ISDIR(found.mode):
                 raise OSError(errno.EISDIR, "a directory") from None
-            a, answer = self._call(req, "open", found.ino, truncate=bool(flags & os.O_TRUNC))
+            a, answer = self._call(req, "open", found.ino, flags & (os.O_ACCMODE | os.O_TRUNC | O_EXEC))
         answer(self._entry(a) + self._open_out(a, flags))
 
     def h_read(self, req: fp.Request) -> None:
@@ -430,13 +427,10 @@ class FuseChannel:
         answer(data)
 
     def h_write(self, req: fp.Request) -> None:
-        fh, off, size, wflags, *_ = fp.WRITE_IN.unpack_from(req.body)
+        fh, off, size, _wflags, *_ = fp.WRITE_IN.unpack_from(req.body)
         f = self._file(fh)
         data = bytes(req.body[fp.WRITE_IN.size : fp.WRITE_IN.size + size])
-        kw: dict[str, Any] = {"append": f.append}
-        if wflags & fp.WRITE_KILL_SUIDGID:
-            kw["kill_priv"] = True
-        n, answer = self._call(req, "write", f.ino, off, data, **kw)
+        n, answer = self._call(req, "write", f.ino, off, data, append=f.append)
         answer(fp.WRITE_OUT.pack(n, 0))
 
     def h_flush(self, req: fp.Request) -> None:
@@ -451,7 +445,7 @@ class FuseChannel:
         f = self._files.pop(fh, None)
         if f is not None:  # (a handle from before a restart was never counted here)
             self._count(f.ino, -1)
-            self.host.engine_call("release", [f.ino], {}, self)
+            self.host.engine_call("release", self.cred, [f.ino], {}, self)
         self.write(fp.reply(req.unique))
 
     def h_fsync(self, req: fp.Request) -> None:
@@ -476,16 +470,16 @@ class FuseChannel:
         if d is None:  # opened before a restart: list it afresh
             if not fh & _FH_DIR or not fh & _INO_BITS:
                 raise OSError(errno.EBADF, "no such handle")
-            d = self._dirs[fh] = _Dir(fh & _INO_BITS, self.host.engine.readdir(fh & _INO_BITS))
+            d = self._dirs[fh] = _Dir(fh & _INO_BITS, self.host.engine.readdir(ROOT_CRED, fh & _INO_BITS))
         eng = self.host.engine
         out: list[bytes] = []
         used = 0
         items: list[tuple[bytes, Attr | None, int]] = []
         if off < 2:
-            here = eng.getattr(d.ino)
+            here = eng.getattr(ROOT_CRED, d.ino)
             up = self._parents.get(d.ino, d.ino)
             try:
-                parent = here if up == d.ino else eng.getattr(up)
+                parent = here if up == d.ino else eng.getattr(ROOT_CRED, up)
             except OSError:
                 parent = here
             items += [(b".", here, 1), (b"..", parent, 2)][off:]
@@ -564,12 +558,6 @@ class FuseChannel:
         f = self._file(fh)
         _, answer = self._call(req, "fallocate", f.ino, off, length, mode)
         answer(b"")
-
-
-def _now() -> int:
-    import time
-
-    return time.time_ns()
 
 
 def _ns(sec: int, nsec: int) -> int:

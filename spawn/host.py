@@ -42,6 +42,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from spawn.cred import ROOT, Cred
 from spawn.engine import Engine
 from spawn.fusechan import FuseChannel, InitParams, inval_notices
 from spawn.vfslink import OPS
@@ -63,7 +64,7 @@ class HostClosed(RuntimeError):
 @dataclass(eq=False)
 class _Session:
     sock: socket.socket
-    uid: int
+    cred: Cred  # the peer's, from SO_PEERCRED: every request of the session acts as it
     mountpoint: str
     caching: bool
     rbuf: bytearray = field(default_factory=bytearray)
@@ -94,9 +95,13 @@ class ClientView:
 class SpawnHost:
     """One spawn's engine on its own thread; see the module docstring."""
 
-    def __init__(self, engine: Engine, name: str = "") -> None:
+    def __init__(self, engine: Engine, name: str = "",
+                 admits: Callable[[Cred], bool] | None = None) -> None:
         self.engine = engine
         self.name = name
+        #: Who may enter the spawn at all (its owner, root, those it is shared with); the
+        #: engine's own checks (spawn.access) apply within. Read on the host thread.
+        self.admits: Callable[[Cred], bool] = admits or _owner_or_root(os.geteuid())
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -133,14 +138,14 @@ class SpawnHost:
             return fn(*args)
         return self.submit(fn, *args).result()
 
-    def call_future(self, op: str, args: Sequence[Any], kw: dict[str, Any]) -> Future[Any]:
+    def call_future(self, op: str, cred: Cred, args: Sequence[Any], kw: dict[str, Any]) -> Future[Any]:
         """Engine operation *op* for a client that is not an attached session (9P, SFTP):
         done once every caching mount has dropped what it changed."""
         fut: Future[Any] = Future()
 
         def job() -> None:
             try:
-                value, items = self.engine_call(op, list(args), kw, None)
+                value, items = self.engine_call(op, cred, list(args), kw, None)
             except Exception as e:
                 fut.set_exception(e)
                 return
@@ -150,19 +155,20 @@ class SpawnHost:
             lambda f: f.exception() is not None and not fut.done() and fut.set_exception(f.exception()))
         return fut
 
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+    async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         """The awaitable form of ``call_future``: an EngineLink (spawn.vfslink)."""
         import asyncio
 
         if op not in OPS:
             raise ValueError(f"no engine operation {op!r}")
-        return await asyncio.wrap_future(self.call_future(op, args, kw))
+        return await asyncio.wrap_future(self.call_future(op, cred, args, kw))
 
-    def attach(self, sock: socket.socket, *, uid: int, mountpoint: str = "", caching: bool = False,
+    def attach(self, sock: socket.socket, *, cred: Cred, mountpoint: str = "", caching: bool = False,
                leftover: bytes = b"") -> Future[None]:
         """Serve the vfs session on *sock* (already past ``attach``; *leftover* is what was
-        read beyond it) on this host. The future completes when the session ends."""
-        s = _Session(sock, uid, mountpoint, caching, bytearray(leftover))
+        read beyond it) on this host, every request as *cred*. The future completes when the
+        session ends."""
+        s = _Session(sock, cred, mountpoint, caching, bytearray(leftover))
         sock.setblocking(False)
 
         def add() -> None:
@@ -176,7 +182,7 @@ class SpawnHost:
         fut.add_done_callback(lambda f: f.exception() is not None and self._fail_attach(s, f))
         return s.done
 
-    def serve_fuse(self, fd: int, *, owner_uid: int, uid: int = 0, mountpoint: str = "",
+    def serve_fuse(self, fd: int, *, uid: int = 0, mountpoint: str = "",
                    timeout: float | None = None, init: dict[str, int] | None = None,
                    on_init: Callable[[InitParams], None] | None = None,
                    on_end: Callable[[str], None] | None = None) -> Future[None]:
@@ -196,7 +202,7 @@ class SpawnHost:
 
         def add() -> None:
             kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-            ch = FuseChannel(self, fd, owner_uid, uid=uid, mountpoint=mountpoint, init=init,
+            ch = FuseChannel(self, fd, uid=uid, mountpoint=mountpoint, init=init,
                              on_init=on_init, on_end=ended, **kw)
             self._channels.add(ch)
             self._sel.register(ch, selectors.EVENT_READ, ch)
@@ -351,7 +357,7 @@ class SpawnHost:
         except BlockingIOError:
             pass
         except OSError as e:
-            log.info("spawn %s: session of uid %d: %s", self.name, s.uid, e)
+            log.info("spawn %s: session of uid %d: %s", self.name, s.cred.uid, e)
             self._close_session(s)
             return
         self._frames(s)
@@ -370,7 +376,7 @@ class SpawnHost:
                 pos += 4 + n
                 self._request(s, msg)
         except FrameError as e:
-            log.warning("spawn %s: session of uid %d: %s; closing it", self.name, s.uid, e)
+            log.warning("spawn %s: session of uid %d: %s; closing it", self.name, s.cred.uid, e)
             self._close_session(s)
             return
         del buf[:pos]
@@ -384,7 +390,7 @@ class SpawnHost:
         try:
             if op not in OPS:
                 raise OSError(errno.ENOSYS, f"no operation {op!r}")
-            value, items = self.engine_call(op, args, kw, s)
+            value, items = self.engine_call(op, s.cred, args, kw, s)
         except Exception as e:
             code, message = error_of(e)
             self._send(s, encode([tag, code, message]))
@@ -397,16 +403,16 @@ class SpawnHost:
             reply = encode([tag, code, message])
         self.announce(items, s, lambda: self._send(s, reply))
 
-    def engine_call(self, op: str, args: list[Any], kw: dict[str, Any],
+    def engine_call(self, op: str, cred: Cred, args: list[Any], kw: dict[str, Any],
                     source: object = None) -> tuple[Any, list[list[Any]]]:
-        """Host thread: run *op*; return its value and what the spawn's other caching
-        clients (mounts other than *source*) must forget."""
+        """Host thread: run *op* as *cred*; return its value and what the spawn's other
+        caching clients (mounts other than *source*) must forget."""
         self._last_request = time.monotonic()
         others = op not in RETRYABLE and (
             any(x is not source for x in self._channels)
             or any(x.caching and x is not source for x in self._sessions))
         before = self._before(op, args) if others else []
-        value = getattr(self.engine, op)(*args, **kw)
+        value = getattr(self.engine, op)(cred, *args, **kw)
         return value, (touched(op, args, kw, value, before) if others else [])
 
     def _before(self, op: str, args: list[Any]) -> list[int]:
@@ -419,7 +425,7 @@ class SpawnHost:
         out = []
         for parent, name in names:
             try:
-                out.append(self.engine.lookup(parent, name).ino)
+                out.append(self.engine.lookup(ROOT, parent, name).ino)
             except Exception:
                 pass
         return out
@@ -521,7 +527,7 @@ class SpawnHost:
         for ino, n in held.items():
             for _ in range(n):
                 try:
-                    self.engine.release(ino)
+                    self.engine.release(ROOT, ino)
                 except Exception:
                     log.exception("spawn %s: releasing inode %d of a closed session", self.name, ino)
         self._update_clients()
@@ -529,7 +535,7 @@ class SpawnHost:
             s.done.set_result(None)
 
     def _update_clients(self) -> None:
-        self.clients = (tuple(ClientView(s.uid, s.mountpoint) for s in self._sessions)
+        self.clients = (tuple(ClientView(s.cred.uid, s.mountpoint) for s in self._sessions)
                         + tuple(ClientView(c.uid, c.mountpoint) for c in self._channels))
 
 
@@ -587,6 +593,10 @@ class _Notifier:
                     if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
                         log.debug("invalidation on %s: %s", ch.mountpoint, e)
             self.host.submit(self.host.notified, key)
+
+
+def _owner_or_root(owner: int) -> Callable[[Cred], bool]:
+    return lambda c: c.root or c.uid == owner
 
 
 def take_socket(writer: Any, reader: Any) -> tuple[socket.socket, bytes]:

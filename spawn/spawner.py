@@ -21,7 +21,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,15 @@ class SpawnInfo:
     name: str  # what was spawned: a name, or a raw score
     root: str  # blake3:… of the root it was spawned from
     created: str  # RFC 3339, UTC
+    shared_uids: list[int] = field(default_factory=list)  # ``grid share ID USER``
+    shared_gids: list[int] = field(default_factory=list)  # ``grid share ID @GROUP``
+
+    def admits(self, uid: int, groups: Iterable[int] = ()) -> bool:
+        """May *uid* (in *groups*) enter this spawn at all? Its owner, root, and those it
+        is shared with; within, the files' own permissions apply (spawn.access)."""
+        if uid == 0 or uid == self.uid or uid in self.shared_uids:
+            return True
+        return any(g in self.shared_gids for g in groups)
 
 
 def _now() -> str:
@@ -97,22 +107,50 @@ class Spawner:
             raise SpawnNotFound(f"no spawn {sid!r}") from None
         return SpawnInfo(**data)
 
-    def list(self, uid: int | None = None) -> list[SpawnInfo]:
-        """The spawns *uid* may see (all for None or root), by number."""
+    def list(self, uid: int | None = None, groups: Iterable[int] = ()) -> list[SpawnInfo]:
+        """The spawns *uid* (in *groups*) may see (all for None or root), by number: its
+        own and those shared with it."""
+        groups = frozenset(groups)
         out = []
         for d in self.root.iterdir():
             if d.name.isdigit() and (d / "info.json").is_file():
-                info = self._read(d.name)
-                if uid is None or uid == 0 or info.uid == uid:
+                try:
+                    info = self._read(d.name)
+                except SpawnNotFound:
+                    continue  # killed meanwhile
+                if uid is None or info.admits(uid, groups):
                     out.append(info)
         return sorted(out, key=lambda i: int(i.id))
 
-    def get(self, sid: str, uid: int | None = None) -> SpawnInfo:
-        """The spawn, if *uid* may use it; to other users it does not exist."""
+    def get(self, sid: str, uid: int | None = None, groups: Iterable[int] = ()) -> SpawnInfo:
+        """The spawn, if *uid* (in *groups*) may use it; to other users it does not exist."""
         info = self._read(sid)
-        if uid is not None and uid != 0 and info.uid != uid:
+        if uid is not None and not info.admits(uid, groups):
             raise SpawnNotFound(f"no spawn {sid!r}")
         return info
+
+    def share(self, sid: str, *, uid: int | None = None, gid: int | None = None,
+              remove: bool = False) -> SpawnInfo:
+        """Let user *uid* or group *gid* into the spawn (*remove*: no longer); the record is
+        replaced atomically, so a crash leaves the old sharing or the new one."""
+        info = self._read(sid)
+        uids, gids = list(info.shared_uids), list(info.shared_gids)
+        for items, x in ((uids, uid), (gids, gid)):
+            if x is None:
+                continue
+            if remove and x in items:
+                items.remove(x)
+            elif not remove and x not in items:
+                items.append(x)
+        new = replace(info, shared_uids=sorted(uids), shared_gids=sorted(gids))
+        self._write(new)
+        return new
+
+    def _write(self, info: SpawnInfo) -> None:
+        d = self.root / info.id
+        tmp = d / "info.json.tmp"
+        tmp.write_text(json.dumps(asdict(info)))
+        os.replace(tmp, d / "info.json")
 
     # -- life ----------------------------------------------------------------------------
 
@@ -133,9 +171,7 @@ class Spawner:
             shutil.rmtree(d, ignore_errors=True)
             raise
         info = SpawnInfo(sid, owner, uid, name, format_score(root), _now())
-        tmp = d / "info.json.tmp"
-        tmp.write_text(json.dumps(asdict(info)))
-        os.replace(tmp, d / "info.json")
+        self._write(info)
         self._engines[sid] = engine
         return info
 

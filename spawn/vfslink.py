@@ -20,6 +20,7 @@ import functools
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
+from spawn.cred import Cred
 from spawn.engine import Engine
 
 #: The engine operations a link carries, each with the engine method's own signature.
@@ -31,8 +32,9 @@ OPS = frozenset({
 
 
 class EngineLink(Protocol):
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
-        """Run engine operation *op*; an OSError carries the engine's errno."""
+    async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
+        """Run engine operation *op* as *cred* (the engine checks it: spawn.access); an
+        OSError carries the engine's errno."""
 
     def close(self) -> None:
         """Release what the link holds (threads, a connection)."""
@@ -50,10 +52,10 @@ class LocalLink:
         self._own = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-engine")
 
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+    async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         if op not in OPS:
             raise ValueError(f"no engine operation {op!r}")
-        fn = functools.partial(getattr(self.engine, op), *args, **kw)
+        fn = functools.partial(getattr(self.engine, op), cred, *args, **kw)
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     def close(self) -> None:

@@ -69,7 +69,8 @@ def touched(op: str, args: list[Any], kw: dict[str, Any], value: Any, before: li
     """What other clients must forget after *op* succeeded: ``["i", ino]`` (attributes and
     cached data of an inode) and ``["e", parent, name]`` (a name, or its absence)."""
     items: list[list[Any]] = [["i", i] for i in before]
-    if op in ("write", "setattr", "setxattr", "removexattr", "fallocate") or (op == "open" and kw.get("truncate")):
+    if op in ("write", "setattr", "setxattr", "removexattr", "fallocate") or (
+            op == "open" and int(kw.get("flags", args[1] if len(args) > 1 else 0)) & os.O_TRUNC):
         items.append(["i", args[0]])
     elif op in ("create", "mkdir", "mknod", "symlink", "unlink", "rmdir"):
         items += [["e", args[0], args[1]], ["i", args[0]]]

@@ -118,6 +118,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("-f", "--force", action="store_true", help="do not ask")
     k.set_defaults(func=run_kill)
 
+    for verb, what in (("share", "let a user or group into"), ("unshare", "stop sharing")):
+        sh = sub.add_parser(
+            verb, help=f"{what} a spawn" if verb == "unshare" else f"{what} a spawn of yours",
+            description=(
+                "Let USER (a login name, a grid user or a uid) or every member of @GROUP into\n"
+                "spawn ID, through every exporter (FUSE mounts, 9P, SFTP), or no longer. A spawn\n"
+                "is private to its owner (and root) until shared. Inside, the files' own modes\n"
+                "and owners decide, as on any Unix filesystem: sharing admits, it grants nothing\n"
+                "else. Only the spawn's owner or root shares it; saving and killing stay theirs.\n"
+                "A mount of the spawn must be made with the mount's own allow_other (grid spawn\n"
+                "--mount does) for other users to reach it through the owner's mount point."
+                if verb == "share" else
+                "Take USER or @GROUP off spawn ID's sharing: their next request is refused."),
+            epilog=f"examples:\n  grid {verb} 3 alice\n  grid {verb} 3 @staff", formatter_class=_RAW,
+        )
+        sh.add_argument("spawn", metavar="ID")
+        sh.add_argument("who", metavar="USER|@GROUP")
+        sh.add_argument("--json", action="store_true", help="print the spawn's record as JSON")
+        sh.set_defaults(func=run_share, remove=verb == "unshare")
+
 
 def _size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -405,6 +425,20 @@ def run_save(args: argparse.Namespace) -> int:
     else:
         print(f"saved spawn {args.spawn} in {d['seconds']:.2f} s; no name recorded (it was "
               f"spawned from a score): grid save {args.spawn} NEWNAME names it", file=sys.stderr)
+    return 0
+
+
+def run_share(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    with _client(args) as c:
+        d = _ask(c, "share", args.spawn, args.who, remove=args.remove)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    verb = "unshared spawn {} from {}" if args.remove else "shared spawn {} with {}"
+    print(verb.format(d["id"], args.who), file=sys.stderr)
     return 0
 
 

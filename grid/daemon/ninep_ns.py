@@ -28,6 +28,7 @@ clients read the text; .L clients get the errno only).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import json
 import os
@@ -38,6 +39,7 @@ from typing import Any
 
 from grid.daemon.sharedlink import SharedLink
 from spawn.attr import Attr
+from spawn.cred import Cred
 from spawn.engine import ROOT_INO
 from spawn.ninep.locks import Lock, LockTable
 from spawn.ninep.messages import LockType
@@ -49,6 +51,11 @@ PER_SPAWN = 16  # slot k's synthetic files: 16k + DIR / SCTL / STATUS
 DIR, SCTL, STATUS, ERR = 0, 1, 2, 3
 _SPAWN_FILES = {b"ctl": SCTL, b"err": ERR, b"status": STATUS}
 MAX_COMMAND = 4096  # a ctl command is one short line
+
+
+#: The credentials of the call being served (``NamespaceLink.call`` sets them for the task),
+#: passed on to the spawn's engine with every operation under ``ID/root/``.
+_CALLER: contextvars.ContextVar[Cred] = contextvars.ContextVar("caller")
 
 
 def _err(code: int, detail: str) -> OSError:
@@ -110,15 +117,19 @@ class NamespaceLink:
 
     async def _spawn_call(self, k: int, op: str, *args: Any, **kw: Any) -> Any:
         live = await self._live(self._sid(k))
-        return await SharedLink(live).call(op, *args, **kw)
+        return await SharedLink(live).call(op, _CALLER.get(), *args, **kw)
 
     # -- the link -----------------------------------------------------------------------------
 
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+    async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         fn = getattr(self, f"_op_{op}", None)
         if fn is None:
             raise ValueError(f"no engine operation {op!r}")
-        return await fn(*args, **kw)
+        token = _CALLER.set(cred)
+        try:
+            return await fn(*args, **kw)
+        finally:
+            _CALLER.reset(token)
 
     def close(self) -> None:
         """Nothing to release: the spawns' links belong to the daemon."""
@@ -187,10 +198,10 @@ class NamespaceLink:
                     (b"status", await self._synthetic(k * PER_SPAWN + STATUS))]
         raise _err(errno.ENOTDIR, "not a directory")
 
-    async def _op_open(self, ino: int, *, truncate: bool = False) -> Attr:
+    async def _op_open(self, ino: int, flags: int = os.O_RDONLY) -> Attr:
         if ino >> SHIFT:
             k = ino >> SHIFT
-            return self._out(k, await self._spawn_call(k, "open", ino & LOW, truncate=truncate))
+            return self._out(k, await self._spawn_call(k, "open", ino & LOW, flags))
         return await self._synthetic(ino)  # truncating a control file means nothing
 
     async def _op_release(self, ino: int) -> None:
@@ -345,7 +356,7 @@ class NamespaceLink:
                 live = await self._live(sid)
             except OSError:
                 continue
-            await live.link.call("fsync")
+            await live.link.call("fsync", _CALLER.get())
 
     async def _op_statfs(self) -> tuple[int, int, int]:
         """statfs names no file either: the disk that holds the node's spawns."""
@@ -391,7 +402,7 @@ class CtlLink:
         self.gid = gid
         self.t0 = time.time_ns()
 
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+    async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         fn = getattr(self, f"_op_{op}", None)
         if fn is None:
             raise _err(errno.EACCES, "the ctl tree only has date, zero and null")
@@ -424,7 +435,7 @@ class CtlLink:
             raise _err(errno.ENOTDIR, "not a directory")
         return [(n, self._op_getattr(i)) for n, i in sorted(self.FILES.items())]
 
-    def _op_open(self, ino: int, *, truncate: bool = False) -> Attr:
+    def _op_open(self, ino: int, flags: int = os.O_RDONLY) -> Attr:
         return self._op_getattr(ino)
 
     def _op_release(self, ino: int) -> None:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import socket
 import ssl
 import struct
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grid.daemon.sharedlink import SharedLink
+from spawn.cred import Cred
 from spawn.ninep.locks import LockTable
 from spawn.ninep.messages import NONUNAME
 from spawn.ninep.server import Attachment, Peer, Resolver, Session
@@ -211,7 +211,7 @@ class NinepService:
             if aname == b"ctl":
                 from grid.daemon.ninep_ns import CtlLink
 
-                gid = _gid_of(who.uid)
+                gid = Cred.of_user(who.uid).gid
                 return Attachment(link=CtlLink(who.uid, gid), uid=who.uid, gid=gid)
             return await self.attach_spawn(who, aname, conn)
 
@@ -229,14 +229,14 @@ class NinepService:
         except (SpawnError, LookupError, ValueError, OSError) as e:
             log.info("9P attach %r for %s: %s", sid, who.user, e)
             raise LookupError(f"no spawn {sid!r}") from None
-        gid = _gid_of(who.uid)
+        cred = Cred.of_user(who.uid)
         if sid not in conn.attached and conn.session is not None:
             client = _Attached(_SessionHandle(conn.session, conn.task), who.uid)
             conn.attached[sid] = (live, client)
             live.clients.add(client)
         log.info("9P attach spawn %s by %s (uid %d)", sid, who.user, who.uid)
-        return Attachment(link=SharedLink(live), uid=who.uid, gid=gid, groups=frozenset({gid}),
-                          locks=self._locks.setdefault(live.info.id, LockTable()),
+        return Attachment(link=SharedLink(live), uid=who.uid, gid=cred.gid,
+                          groups=cred.all_groups(), locks=self._locks.setdefault(live.info.id, LockTable()),
                           fsid=zlib.crc32(live.info.id.encode()))
 
     def attach_namespace(self, who: Identity) -> Attachment:
@@ -244,10 +244,10 @@ class NinepService:
         from grid.daemon.ninep_ns import NamespaceLink, RoutedLocks
 
         assert who.uid is not None
-        gid = _gid_of(who.uid)
+        cred = Cred.of_user(who.uid)
         log.info("9P attach namespace by %s (uid %d)", who.user, who.uid)
-        link = NamespaceLink(self.daemon, who.uid, gid)
-        return Attachment(link=link, uid=who.uid, gid=gid, groups=frozenset({gid}),
+        link = NamespaceLink(self.daemon, who.uid, cred.gid)
+        return Attachment(link=link, uid=who.uid, gid=cred.gid, groups=cred.all_groups(),
                           locks=RoutedLocks(link, self._locks),
                           fsid=zlib.crc32(f"ns:{who.uid}".encode()))
 
@@ -267,14 +267,6 @@ def check_uname(who: Identity, uname: bytes, n_uname: int) -> None:
         raise PermissionError(f"attach as {who.user!r} (uname) or uid {who.uid} (n_uname)")
     elif n_uname != who.uid:
         raise PermissionError(f"n_uname {n_uname} is not uid {who.uid}")
-
-
-def _gid_of(uid: int) -> int:
-    """The primary group of *uid* on this host (new files get it); the uid when unknown."""
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid
 
 
 def make(daemon: Any) -> NinepService:

@@ -4,8 +4,10 @@ One process per home (the store's writer lock makes sure of it). It listens on
 
 * ``run/grid.sock`` (mode 0666): the CLI's control commands and the FUSE mount processes'
   attached sessions (spawn.vfsrpc). Who is asking is the peer uid the kernel reports
-  (SO_PEERCRED), never anything the client says. A spawn is visible to its owner and root
-  only; to anyone else it does not exist (spawn.spawner decides, for every exporter).
+  (SO_PEERCRED), never anything the client says. A spawn is visible to its owner, root and
+  the users and groups it is shared with (``grid share``); to anyone else it does not exist
+  (spawn.spawner decides, for every exporter). Within it, every engine operation carries
+  the caller's credentials and the engine checks them (spawn.access).
 * ``run/blocks.sock`` (mode 0600): the block protocol (store.server), so that the home's
   owner can run ``grid import`` and ``grid store`` while the daemon holds the store.
 
@@ -16,7 +18,8 @@ SFTP, control) between theirs, so every client of the spawn goes through one eng
 for its short steps, so clients keep working while the new blocks are written.
 
 Control commands (docs/daemon.md has the wire format): ``ping``, ``spawn``, ``spawns``,
-``save``, ``kill``, ``stop``, and ``attach``, which turns the connection into a vfs session.
+``save``, ``kill``, ``share``, ``stop``, and ``attach``, which turns the connection into a
+vfs session.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 
 from grid.errors import UserError
 from grid.home import GridHome
+from spawn.cred import Cred, group_id
 from spawn.engine import Engine
 from spawn.host import SpawnHost, take_socket
 from spawn.spawner import Spawner, SpawnError, SpawnInfo, SpawnLimit, SpawnNotFound
@@ -96,6 +100,11 @@ class _Live:
     def owner(self, fn: Callable[[], Any]) -> Any:
         """Run *fn* on the engine's thread and wait for it (for a save's short steps)."""
         return self.host.run(fn)
+
+
+def _groups(uid: int) -> frozenset[int]:
+    """*uid*'s groups on this host (for spawns shared with a group)."""
+    return Cred.of_user(uid).all_groups()
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -323,7 +332,7 @@ class Daemon:
     async def _get_live(self, sid: str, uid: int) -> _Live:
         """The open spawn, if *uid* may use it (opening its engine on first use)."""
         assert self.spawner is not None
-        info = self.spawner.get(sid, uid)
+        info = self.spawner.get(sid, uid, _groups(uid))
         live = self._live.get(sid)
         if live is not None:
             return live
@@ -338,7 +347,10 @@ class Daemon:
                 fut.set_exception(e)
                 fut.exception()  # retrieved: waiters re-raise it
                 raise
-            live = _Live(info, engine, SpawnHost(engine, sid))
+            host = SpawnHost(engine, sid)
+            live = _Live(info, engine, host)
+            # The spawn's current sharing decides, as ``grid share`` changes it.
+            host.admits = lambda c, live=live: live.info.admits(c.uid, c.all_groups())
             self._live[sid] = live
             del self._opening[sid]
             fut.set_result(live)
@@ -377,7 +389,7 @@ class Daemon:
     async def _op_spawns(self, uid: int) -> list[dict[str, Any]]:
         assert self.spawner is not None
         out = []
-        for info in await asyncio.to_thread(self.spawner.list, uid):
+        for info in await asyncio.to_thread(self.spawner.list, uid, _groups(uid)):
             out.append(self._describe(await self._get_live(info.id, uid)))
         return out
 
@@ -394,6 +406,8 @@ class Daemon:
         assert self.spawner is not None
         live = await self._get_live(str(sid), uid)
         info = live.info
+        if uid not in (0, info.uid):
+            raise Refused(errno.EPERM, f"spawn {sid} is {info.owner}'s: only its owner or root saves it")
         if name is None and not info.name.startswith("blake3:"):
             name = info.name
         if name is not None:
@@ -437,7 +451,9 @@ class Daemon:
     async def _op_kill(self, uid: int, sid: str) -> dict[str, Any]:
         assert self.spawner is not None
         sid = str(sid)
-        info = self.spawner.get(sid, uid)
+        info = self.spawner.get(sid, uid, _groups(uid))
+        if uid not in (0, info.uid):
+            raise Refused(errno.EPERM, f"spawn {sid} is {info.owner}'s: only its owner or root kills it")
         live = self._live.pop(sid, None)
         if live is not None:
             if live.saving:
@@ -452,6 +468,44 @@ class Daemon:
             await asyncio.to_thread(self.spawner.kill, sid)
         log.info("kill %s (%s of %s)", sid, info.name, info.owner)
         return {"id": sid}
+
+    async def _op_share(self, uid: int, sid: str, who: str, remove: bool = False) -> dict[str, Any]:
+        """Let a user (``USER``, a login or grid user name, or a uid) or a group (``@GROUP``)
+        into spawn *sid*, or no longer (*remove*); by the spawn's owner or root."""
+        assert self.spawner is not None
+        sid = str(sid)
+        info = self.spawner.get(sid, uid, _groups(uid))
+        if uid not in (0, info.uid):
+            raise Refused(errno.EPERM, f"spawn {sid} is {info.owner}'s: only its owner or root shares it")
+        kw: dict[str, int] = {}
+        if who.startswith("@"):
+            try:
+                kw["gid"] = group_id(who[1:])
+            except KeyError:
+                raise Refused(errno.EINVAL, f"no group {who[1:]!r} on this node") from None
+        else:
+            kw["uid"] = await asyncio.to_thread(self._uid_named, who)
+        new = await asyncio.to_thread(self.spawner.share, sid, remove=remove, **kw)
+        live = self._live.get(sid)
+        if live is not None:
+            live.info = new
+        log.info("spawn %s: %s %s by uid %d", sid, "unshared from" if remove else "shared with", who, uid)
+        return asdict(new)
+
+    def _uid_named(self, who: str) -> int:
+        """A user's uid: a number, a login name, or a grid user with ``uid=`` in ndb."""
+        from ndb.users import UserDB
+
+        if who.isdigit():
+            return int(who)
+        try:
+            return pwd.getpwnam(who).pw_uid
+        except KeyError:
+            pass
+        u = UserDB(self.home.users_db).get(who)
+        if u is not None and u.uid is not None:
+            return u.uid
+        raise Refused(errno.EINVAL, f"no user {who!r} on this node")
 
     async def _op_stop(self, uid: int) -> dict[str, Any]:
         if uid not in (0, os.geteuid()):
@@ -483,7 +537,7 @@ class Daemon:
             return
         # From here on the spawn's host serves the connection on its own thread.
         sock, leftover = take_socket(writer, reader)
-        done = live.host.attach(sock, uid=uid, mountpoint=mountpoint,
+        done = live.host.attach(sock, cred=Cred.of_user(uid), mountpoint=mountpoint,
                                 caching=bool(kw.get("cache")), leftover=leftover)
         log.info("spawn %s: attached uid %d%s", info.id, uid, f" at {mountpoint}" if mountpoint else "")
         try:
@@ -529,7 +583,7 @@ class Daemon:
         if not isinstance(init, dict) or not {"minor", "flags"} <= init.keys():
             init = None
         done = live.host.serve_fuse(
-            fds[0], owner_uid=live.info.uid, uid=uid, mountpoint=mountpoint, init=init,
+            fds[0], uid=uid, mountpoint=mountpoint, init=init,
             on_init=lambda p: tell([0, "init", p.as_dict()]), on_end=ended)
         log.info("spawn %s: serving the mount of uid %d at %s%s", live.info.id, uid,
                  mountpoint or "?", " (taken over)" if init else "")

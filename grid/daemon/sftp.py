@@ -24,11 +24,9 @@ server resolves them. Resolution is confined the way a chroot is:
 
 Privacy (invariant 9): the session acts for one Unix uid, the one ndb lists for the SSH key's
 user; ``daemon.live(sid, uid)`` refuses a spawn that uid may not use, and the top directory
-lists only ``daemon.control(uid, "spawns")``. Files made through SFTP get that uid and its
-primary gid. The kernel's permission checks that guard a FUSE mount (default_permissions)
-are not there for SFTP, so the adapter makes them itself (``_may``): mode bits for search,
-read, write and directory changes, sticky directories, chmod and utimes by the owner only,
-chown by root only, chgrp to one's own groups.
+lists only ``daemon.control(uid, "spawns")``. Every engine call carries the session's
+credentials (that uid, its primary group and its supplementary groups), and the engine
+checks them (spawn.access) as it does for FUSE and 9P: this adapter checks nothing itself.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pwd
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,6 +51,7 @@ from asyncssh.constants import (
 
 from grid.daemon.sharedlink import SharedLink
 from spawn.attr import Attr
+from spawn.cred import Cred
 from spawn.fsformat import NAME_MAX
 
 log = logging.getLogger("grid.daemon.sftp")
@@ -119,7 +117,6 @@ class _Where:
     parent: int
     name: bytes
     attr: Attr | None
-    dir: Attr | None = None  # the directory holding the name (for permission checks)
 
 
 @dataclass(slots=True)
@@ -129,6 +126,19 @@ class _Handle:
     link: Any
     ino: int
     append: bool
+    write: bool = False  # opened for writing: an fsetstat of its size is an ftruncate
+
+
+class _Link:
+    """A spawn's shared link that makes every call as the session's user."""
+
+    def __init__(self, shared: SharedLink, cred: Cred) -> None:
+        self.shared = shared
+        self.cred = cred
+        self.sid = shared.sid
+
+    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+        return await self.shared.call(op, self.cred, *args, **kw)
 
 
 class GridSFTPServer(asyncssh.SFTPServer):
@@ -139,46 +149,18 @@ class GridSFTPServer(asyncssh.SFTPServer):
         super().__init__(chan)  # no chroot: every path method below is our own
         self.daemon = daemon
         self.uid = uid
-        try:
-            self.gid = pwd.getpwuid(uid).pw_gid
-        except KeyError:
-            self.gid = uid
-        self.groups = _groups(uid, self.gid)
-
-    def _may(self, a: Attr, want: int) -> None:
-        """The Unix permission check (*want*: R_OK | W_OK | X_OK) for this session's uid,
-        which the kernel makes for a FUSE mount (default_permissions) and nothing makes for
-        SFTP otherwise: without it a user could write a root-owned file in a spawn, or make
-        it setuid. Root passes, as it does in the kernel."""
-        if self.uid == 0:
-            return
-        if a.uid == self.uid:
-            bits = (a.mode >> 6) & 7
-        elif a.gid in self.groups:
-            bits = (a.mode >> 3) & 7
-        else:
-            bits = a.mode & 7
-        if want & ~bits:
-            raise _err(errno.EACCES)
-
-    def _may_change(self, w: _Where) -> None:
-        """May this user make, remove or rename *w*'s name in its directory: write and search
-        on the directory, and in a sticky directory own the file or the directory."""
-        assert w.dir is not None
-        self._may(w.dir, os.W_OK | os.X_OK)
-        if (self.uid != 0 and w.dir.mode & stat.S_ISVTX and w.attr is not None
-                and self.uid not in (w.attr.uid, w.dir.uid)):
-            raise _err(errno.EPERM, "sticky directory")
+        self.cred = Cred.of_user(uid)
+        self.gid = self.cred.gid
 
     # -- resolution ---------------------------------------------------------------------
 
-    async def _link(self, sid: bytes) -> SharedLink:
+    async def _link(self, sid: bytes) -> _Link:
         try:
             text = sid.decode("ascii")
         except UnicodeDecodeError:
             raise _err(errno.ENOENT, "no such spawn") from None
         try:
-            return SharedLink(await self.daemon.live(text, self.uid))
+            return _Link(SharedLink(await self.daemon.live(text, self.uid)), self.cred)
         except OSError:
             raise
         except Exception:  # SpawnNotFound and the like: to this user it does not exist
@@ -212,13 +194,12 @@ class GridSFTPServer(asyncssh.SFTPServer):
             cur = stack[-1][2] if stack else root
             if not stat.S_ISDIR(cur.mode):
                 raise _err(errno.ENOTDIR)
-            self._may(cur, os.X_OK)
             try:
                 a = await link.call("lookup", dir_ino, name)
             except FileNotFoundError:
                 if todo or must_exist:
                     raise
-                return _Where(link, dir_ino, name, None, cur)
+                return _Where(link, dir_ino, name, None)
             if stat.S_ISLNK(a.mode) and (todo or follow):
                 hops += 1
                 if hops > SYMLOOP_MAX:
@@ -232,7 +213,7 @@ class GridSFTPServer(asyncssh.SFTPServer):
         if not stack:
             return _Where(link, 0, parts[0], root)
         parent, name, a = stack[-1]
-        return _Where(link, parent, name, a, stack[-2][2] if len(stack) > 1 else root)
+        return _Where(link, parent, name, a)
 
     async def _entry(self, path: bytes) -> _Where:
         """Where a name is to be made, removed or renamed: inside a spawn, not a spawn root
@@ -278,7 +259,6 @@ class GridSFTPServer(asyncssh.SFTPServer):
         assert w.attr is not None
         if not stat.S_ISDIR(w.attr.mode):
             raise _err(errno.ENOTDIR)
-        self._may(w.attr, os.R_OK)
         entries = await w.link.call("readdir", w.attr.ino)
         yield asyncssh.SFTPName(b".", attrs=to_attrs(w.attr))
         yield asyncssh.SFTPName(b"..", attrs=to_attrs(w.attr))
@@ -299,30 +279,20 @@ class GridSFTPServer(asyncssh.SFTPServer):
         assert w.attr is not None
         await self._setattr(w.link, w.attr, attrs)
 
-    async def _setattr(self, link: Any, cur: Attr, attrs: asyncssh.SFTPAttrs) -> None:
-        """One engine setattr for all fields, as spawn.fuse does."""
-        kw: dict[str, int] = {}
-        owner = self.uid in (0, cur.uid)
+    async def _setattr(self, link: Any, cur: Attr, attrs: asyncssh.SFTPAttrs,
+                       handle: bool = False) -> None:
+        """One engine setattr for all fields, as spawn.fusechan does; the engine checks
+        (*handle*: through a handle open for writing, an ftruncate)."""
+        kw: dict[str, Any] = {}
         if attrs.size is not None:
-            self._may(cur, os.W_OK)
             kw["size"] = attrs.size
+            kw["handle"] = handle
         if attrs.permissions is not None:
-            if not owner:
-                raise _err(errno.EPERM, "not the file's owner")
-            mode = stat.S_IMODE(attrs.permissions)
-            if self.uid != 0 and cur.gid not in self.groups:
-                mode &= ~stat.S_ISGID  # as chmod(2) does
-            kw["mode"] = mode
-        if attrs.uid is not None and attrs.uid != cur.uid:
-            if self.uid != 0:
-                raise _err(errno.EPERM, "only root may give a file away")
+            kw["mode"] = stat.S_IMODE(attrs.permissions)
+        if attrs.uid is not None:
             kw["uid"] = attrs.uid
-        if attrs.gid is not None and attrs.gid != cur.gid:
-            if self.uid != 0 and (not owner or attrs.gid not in self.groups):
-                raise _err(errno.EPERM, "not a group of yours")
+        if attrs.gid is not None:
             kw["gid"] = attrs.gid
-        if (attrs.atime is not None or attrs.mtime is not None) and not owner:
-            raise _err(errno.EPERM, "not the file's owner")
         if attrs.atime is not None:
             kw["atime_ns"] = attrs.atime * 10**9 + (attrs.atime_ns or 0)
         if attrs.mtime is not None:
@@ -350,22 +320,19 @@ class GridSFTPServer(asyncssh.SFTPServer):
         w = await self._entry(path)
         if w.attr is not None:
             raise _err(errno.EEXIST)
-        self._may_change(w)
         mode = attrs.permissions if attrs.permissions is not None else 0o777
-        await w.link.call("mkdir", w.parent, w.name, stat.S_IMODE(mode), self.uid, self.gid)
+        await w.link.call("mkdir", w.parent, w.name, stat.S_IMODE(mode))
 
     async def rmdir(self, path: bytes) -> None:  # type: ignore[override]
         w = await self._entry(path)
         if w.attr is None:
             raise _err(errno.ENOENT)
-        self._may_change(w)
         await w.link.call("rmdir", w.parent, w.name)
 
     async def remove(self, path: bytes) -> None:  # type: ignore[override]
         w = await self._entry(path)
         if w.attr is None:
             raise _err(errno.ENOENT)
-        self._may_change(w)
         await w.link.call("unlink", w.parent, w.name)
 
     async def _rename(self, oldpath: bytes, newpath: bytes, noreplace: bool) -> None:
@@ -375,8 +342,6 @@ class GridSFTPServer(asyncssh.SFTPServer):
             raise _err(errno.EXDEV, "a rename stays inside one spawn")
         if a.attr is None:
             raise _err(errno.ENOENT)
-        self._may_change(a)
-        self._may_change(b)
         await a.link.call("rename", a.parent, a.name, b.parent, b.name, noreplace=noreplace)
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:  # type: ignore[override]
@@ -399,8 +364,7 @@ class GridSFTPServer(asyncssh.SFTPServer):
         w = await self._entry(newpath)
         if w.attr is not None:
             raise _err(errno.EEXIST)
-        self._may_change(w)
-        await w.link.call("symlink", w.parent, w.name, oldpath, self.uid, self.gid)
+        await w.link.call("symlink", w.parent, w.name, oldpath)
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:  # type: ignore[override]
         a = await self._resolve(oldpath, follow=False)
@@ -409,7 +373,6 @@ class GridSFTPServer(asyncssh.SFTPServer):
             raise _err(errno.EPERM)
         if a.link.sid != b.link.sid:
             raise _err(errno.EXDEV)
-        self._may_change(b)
         await b.link.call("link", a.attr.ino, b.parent, b.name)
 
     # -- files ----------------------------------------------------------------------------
@@ -426,21 +389,21 @@ class GridSFTPServer(asyncssh.SFTPServer):
         if w.link is None or w.parent == 0:
             raise _err(errno.EISDIR)
         append = bool(pflags & FXF_APPEND)
+        write = bool(pflags & (FXF_WRITE | FXF_APPEND))
         if w.attr is None:
-            self._may_change(w)
             mode = attrs.permissions if attrs.permissions is not None else 0o666
-            a = await w.link.call("create", w.parent, w.name, stat.S_IMODE(mode), self.uid,
-                                  self.gid, open=True)
-            return _Handle(w.link, a.ino, append)
+            a = await w.link.call("create", w.parent, w.name, stat.S_IMODE(mode), open=True)
+            return _Handle(w.link, a.ino, append, write)
         if pflags & FXF_CREAT and pflags & FXF_EXCL:
             raise _err(errno.EEXIST)
         if stat.S_ISDIR(w.attr.mode):
             raise _err(errno.EISDIR)
-        want = (os.R_OK if pflags & FXF_READ else 0) | \
-            (os.W_OK if pflags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC) else 0)
-        self._may(w.attr, want)
-        a = await w.link.call("open", w.attr.ino, truncate=bool(pflags & FXF_TRUNC))
-        return _Handle(w.link, a.ino, append)
+        read = bool(pflags & FXF_READ)
+        flags = os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
+        if pflags & FXF_TRUNC:
+            flags |= os.O_TRUNC
+        a = await w.link.call("open", w.attr.ino, flags)
+        return _Handle(w.link, a.ino, append, write)
 
     async def close(self, file_obj: _Handle) -> None:  # type: ignore[override]
         """Release the engine's open count. A spawn killed meanwhile has nothing to release,
@@ -463,7 +426,7 @@ class GridSFTPServer(asyncssh.SFTPServer):
 
     async def fsetstat(self, file_obj: _Handle, attrs: asyncssh.SFTPAttrs) -> None:  # type: ignore[override]
         cur = await file_obj.link.call("getattr", file_obj.ino)
-        await self._setattr(file_obj.link, cur, attrs)
+        await self._setattr(file_obj.link, cur, attrs, handle=file_obj.write)
 
     async def fstatvfs(self, file_obj: _Handle) -> asyncssh.SFTPVFSAttrs:  # type: ignore[override]
         return await self._statvfs(file_obj.link)
@@ -471,10 +434,3 @@ class GridSFTPServer(asyncssh.SFTPServer):
     async def fsync(self, file_obj: _Handle) -> None:  # type: ignore[override]
         await file_obj.link.call("fsync")
 
-
-def _groups(uid: int, gid: int) -> set[int]:
-    """The groups *uid* is in (its primary *gid* and its supplementary groups)."""
-    try:
-        return set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-    except KeyError:
-        return {gid}

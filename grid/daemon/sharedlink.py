@@ -12,6 +12,7 @@ import errno
 import os
 from typing import Any
 
+from spawn.cred import Cred
 from spawn.host import HostClosed
 
 
@@ -28,8 +29,8 @@ class SharedLink:
         self.live = live
         self.sid: str = live.info.id
 
-    async def call(self, op: str, *args: Any, **kw: Any) -> Any:
+    async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         try:
-            return await self.live.host.call(op, *args, **kw)
+            return await self.live.host.call(op, cred, *args, **kw)
         except HostClosed:  # the spawn was killed meanwhile
             raise _err(errno.ESTALE, f"spawn {self.sid} is gone") from None

@@ -51,11 +51,12 @@ import os
 import socket
 import stat
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spawn.access import NOW, O_EXEC
+from spawn.cred import Cred
 from spawn.engine import ROOT_INO, Attr
 from spawn.fsformat import NAME_MAX
 from spawn.ninep import messages as m9
@@ -92,6 +93,8 @@ V9FS_MAGIC = 0x01021997  # statfs f_type of a 9P filesystem (Linux's V9FS_MAGIC)
 BLKSIZE = 128 << 10  # the I/O size we suggest (st_blksize), as the FUSE adapter does
 XATTR_SIZE_MAX = 64 << 10  # Linux's limit for one xattr value (the engine's too)
 UNKNOWN = b"unknown"  # version(5): the answer to a version we do not speak
+#: 9P2000 open modes (OREAD, OWRITE, ORDWR, OEXEC) as the engine's open flags.
+_OPEN_FLAGS = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, O_EXEC)
 MAX_FILE = (1 << 63) - 1  # Linux's largest file offset (loff_t): beyond it, EFBIG
 
 # 9P2000.L open flags (Linux's generic O_* values, as v9fs sends them on every architecture)
@@ -131,6 +134,15 @@ class Attachment:
     groups: frozenset[int] = frozenset()
     locks: LockTable = field(default_factory=LockTable)
     fsid: int = 0
+    cred: Cred = field(init=False)  # what every engine call of the attach carries
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cred", Cred(self.uid, self.gid, self.groups | {self.gid}))
+
+    def as_gid(self, gid: int) -> Cred:
+        """The attach's credentials acting with group *gid* (a 9P2000.L create's gid, which
+        ``Server._gid`` has checked), as diod's setfsgid does."""
+        return self.cred if gid == self.gid else Cred(self.uid, gid, self.cred.all_groups())
 
 
 #: ``await resolve(uname, aname, n_uname)``: the Attachment, or PermissionError/LookupError.
@@ -526,7 +538,12 @@ class Session:
 
     @staticmethod
     async def _call(fid: Fid, op: str, *args: Any, **kw: Any) -> Any:
-        return await fid.att.link.call(op, *args, **kw)
+        """Engine operation *op* as the fid's attach (the engine checks permissions)."""
+        return await fid.att.link.call(op, fid.att.cred, *args, **kw)
+
+    @staticmethod
+    async def _call_as(fid: Fid, cred: Cred, op: str, *args: Any, **kw: Any) -> Any:
+        return await fid.att.link.call(op, cred, *args, **kw)
 
     def _qid(self, a: Attr) -> Qid:
         """path = inode number (stable, never reused: invariant 7); version = the low 32
@@ -610,7 +627,7 @@ class Session:
             raise _err(errno.EACCES, str(e) or None) from None
         except LookupError as e:
             raise _err(errno.ENOENT, str(e) or None) from None
-        a = await att.link.call("getattr", att.root)
+        a = await att.link.call("getattr", att.cred, att.root)
         self._new_fid_ok(m.fid)
         self._fids[m.fid] = Fid(m.fid, att, [(att.root, b"/")])
         self._table_refs[id(att.locks)] = att.locks
@@ -768,7 +785,8 @@ class Session:
             fid.listing = None
             return m9.Ropen(tag=m.tag, qid=self._qid(a), iounit=self.iounit)
         append = bool(mode & m9.OAPPEND) and self.dialect is Dialect.UNIX
-        a = await self._call(fid, "open", fid.ino, truncate=bool(mode & m9.OTRUNC))
+        flags = _OPEN_FLAGS[mode & 3] | (os.O_TRUNC if mode & m9.OTRUNC else 0)
+        a = await self._call(fid, "open", fid.ino, flags)
         fid.opened = Opened(read=read, write=write, append=append, rclose=rclose, counted=True)
         return m9.Ropen(tag=m.tag, qid=self._qid(a), iounit=self.iounit)
 
@@ -784,7 +802,7 @@ class Session:
         d = await self._call(fid, "getattr", fid.ino)
         if not stat.S_ISDIR(d.mode):
             raise _err(errno.ENOTDIR, "create in a file")
-        perm, mode, att = m.perm, m.mode, fid.att
+        perm, mode = m.perm, m.mode
         access = mode & 3
         read = access in (m9.OREAD, m9.ORDWR, m9.OEXEC)
         write = access in (m9.OWRITE, m9.ORDWR)
@@ -798,20 +816,20 @@ class Session:
                 raise _err(errno.EISDIR, "a new directory opens for reading only")
             if self.dialect is Dialect.BASE:
                 bits = perm & (~0o777 | (d.mode & 0o777)) & 0o777
-            a = await self._call(fid, "mkdir", fid.ino, m.name, bits, att.uid, att.gid)
+            a = await self._call(fid, "mkdir", fid.ino, m.name, bits)
         elif dot_u and perm & m9.DMSYMLINK:
-            a = await self._call(fid, "symlink", fid.ino, m.name, m.extension, att.uid, att.gid)
+            a = await self._call(fid, "symlink", fid.ino, m.name, m.extension)
         elif dot_u and perm & m9.DMLINK:
             target = self._fid(_parse_fid(m.extension))
             await self._call(fid, "link", target.ino, fid.ino, m.name)
             a = await self._call(fid, "lookup", fid.ino, m.name)
         elif dot_u and perm & (m9.DMDEVICE | m9.DMNAMEDPIPE | m9.DMSOCKET):
             fmt, rdev = _special(perm, m.extension)
-            a = await self._call(fid, "mknod", fid.ino, m.name, fmt | bits, rdev, att.uid, att.gid)
+            a = await self._call(fid, "mknod", fid.ino, m.name, fmt | bits, rdev)
         else:
             if self.dialect is Dialect.BASE:
                 bits = perm & (~0o666 | (d.mode & 0o666)) & 0o777
-            a = await self._call(fid, "create", fid.ino, m.name, bits, att.uid, att.gid, open=True)
+            a = await self._call(fid, "create", fid.ino, m.name, bits, open=True)
             counted = True
         fid.path = [*fid.path, (a.ino, m.name)]
         is_dir = stat.S_ISDIR(a.mode)
@@ -949,7 +967,7 @@ class Session:
             return m9.Rlopen(tag=m.tag, qid=self._qid(a), iounit=self.iounit)
         if m.flags & L_DIRECTORY:
             raise _err(errno.ENOTDIR)
-        a = await self._call(fid, "open", fid.ino, truncate=bool(m.flags & L_TRUNC))
+        a = await self._call(fid, "open", fid.ino, m.flags & (L_ACCMODE | L_TRUNC))
         fid.opened = Opened(read=access != L_WRONLY, write=access in (L_WRONLY, L_RDWR),
                             append=bool(m.flags & L_APPEND), counted=True)
         return m9.Rlopen(tag=m.tag, qid=self._qid(a), iounit=self.iounit)
@@ -961,8 +979,8 @@ class Session:
         if access == L_ACCMODE:
             raise _err(errno.EINVAL, "bad access mode")
         att = fid.att
-        a = await self._call(fid, "create", fid.ino, m.name, m.mode & 0o7777, att.uid,
-                             self._gid(att, m.gid), open=True)
+        a = await self._call_as(fid, att.as_gid(self._gid(att, m.gid)), "create", fid.ino, m.name,
+                                m.mode & 0o7777, open=True)
         fid.path = [*fid.path, (a.ino, m.name)]
         fid.opened = Opened(read=access != L_WRONLY, write=access in (L_WRONLY, L_RDWR),
                             append=bool(m.flags & L_APPEND), counted=True)
@@ -996,13 +1014,12 @@ class Session:
             kw["size"] = m.size
         if v & SetattrMask.SIZE and m.size > MAX_FILE:
             raise _err(errno.EFBIG)
-        now = time.time_ns()
         if v & SetattrMask.ATIME:
             kw["atime_ns"] = (_time_ns(m.atime_sec, m.atime_nsec)
-                              if v & SetattrMask.ATIME_SET else now)
+                              if v & SetattrMask.ATIME_SET else NOW)
         if v & SetattrMask.MTIME:
             kw["mtime_ns"] = (_time_ns(m.mtime_sec, m.mtime_nsec)
-                              if v & SetattrMask.MTIME_SET else now)
+                              if v & SetattrMask.MTIME_SET else NOW)
         await self._call(fid, "setattr", fid.ino, **kw)
         return m9.Rsetattr(tag=m.tag)
 
@@ -1058,8 +1075,8 @@ class Session:
     async def _h_symlink(self, req: _Request, m: m9.Tsymlink) -> Message:
         fid = self._fid(m.fid)
         att = fid.att
-        a = await self._call(fid, "symlink", fid.ino, m.name, m.symtgt, att.uid,
-                             self._gid(att, m.gid))
+        a = await self._call_as(fid, att.as_gid(self._gid(att, m.gid)), "symlink", fid.ino, m.name,
+                                m.symtgt)
         return m9.Rsymlink(tag=m.tag, qid=self._qid(a))
 
     async def _h_mknod(self, req: _Request, m: m9.Tmknod) -> Message:
@@ -1069,15 +1086,15 @@ class Session:
             rdev = os.makedev(m.major, m.minor)
         except (OverflowError, ValueError):
             raise _err(errno.EINVAL, "device numbers out of range") from None
-        a = await self._call(fid, "mknod", fid.ino, m.name, m.mode, rdev, att.uid,
-                             self._gid(att, m.gid))
+        a = await self._call_as(fid, att.as_gid(self._gid(att, m.gid)), "mknod", fid.ino, m.name,
+                                m.mode, rdev)
         return m9.Rmknod(tag=m.tag, qid=self._qid(a))
 
     async def _h_mkdir(self, req: _Request, m: m9.Tmkdir) -> Message:
         fid = self._fid(m.dfid)
         att = fid.att
-        a = await self._call(fid, "mkdir", fid.ino, m.name, m.mode & 0o7777, att.uid,
-                             self._gid(att, m.gid))
+        a = await self._call_as(fid, att.as_gid(self._gid(att, m.gid)), "mkdir", fid.ino, m.name,
+                                m.mode & 0o7777)
         return m9.Rmkdir(tag=m.tag, qid=self._qid(a))
 
     async def _h_link(self, req: _Request, m: m9.Tlink) -> Message:

@@ -96,8 +96,9 @@ def test_a_vfs_session_speaks_engine_operations_only(node: Node) -> None:
         assert info["id"] == sid and info["uid"] == os.getuid()
         ino = s.call("lookup", 1, b"f").ino
         assert s.call("read", ino, 2, 3) == b"234"
-        a = s.call("create", 1, b"new", 0o600, 0, 0, open=True)
+        a = s.call("create", 1, b"new", 0o600, open=True)  # as the peer: no uid/gid to claim
         assert isinstance(a, Attr) and a.mode & 0o777 == 0o600
+        assert (a.uid, a.gid) == (os.getuid(), os.getgid())
         assert s.call("write", a.ino, 0, b"hello") == 5
         with pytest.raises(DaemonError) as e:
             s.call("lookup", 1, b"missing")

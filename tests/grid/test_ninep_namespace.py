@@ -37,6 +37,8 @@ def env() -> Iterator[Env]:
         src.mkdir()
         (src / "hello").write_text("hi\n")
         os.chmod(src / "hello", 0o644)
+        for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
+            os.lchown(p, alice.uid, alice.gid)
         n.grid("import", str(src), "proj")
         n.grid("import", str(src), "other")
         for u in (alice, bob):

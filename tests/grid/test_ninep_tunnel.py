@@ -42,6 +42,8 @@ def env() -> Iterator[Env]:
         (src / "sub" / "big").write_bytes(bytes(range(256)) * 4096)  # 1 MiB: several reads
         for p in (src / "hello", src / "sub" / "big"):
             os.chmod(p, 0o644)
+        for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
+            os.lchown(p, alice.uid, alice.gid)
         n.grid("import", str(src), "proj")
         n.grid("user", "add", alice.name, "--uid", str(alice.uid))
         port = free_port()

@@ -47,6 +47,9 @@ def make_tree(src: Path) -> None:
     for i in range(40):
         (src / "many" / f"f{i:02d}").parent.mkdir(exist_ok=True)
         (src / "many" / f"f{i:02d}").write_bytes(b"%d" % i)
+    # The attach acts as UID (the engine checks its permissions): the tree is that user's.
+    for p in [src, *src.rglob("*")]:
+        os.lchown(p, UID, GID)
 
 
 @dataclass
@@ -63,9 +66,11 @@ class Env:
     locks: LockTable = field(default_factory=LockTable)
     attaches: list[tuple[bytes, bytes, int, Peer]] = field(default_factory=list)
     clients: list[Client] = field(default_factory=list)
+    uid: int = UID  # who the next attach acts as (the engine checks its permissions)
+    gid: int = GID
 
     def attachment(self) -> Attachment:
-        return Attachment(link=self.link, uid=UID, gid=GID, groups=frozenset({GID, 2000}),
+        return Attachment(link=self.link, uid=self.uid, gid=self.gid, groups=frozenset({self.gid, 2000}),
                           locks=self.locks, fsid=7)
 
     def resolver_for(self, peer: Peer) -> Callable[[bytes, bytes, int], Awaitable[Attachment]]:

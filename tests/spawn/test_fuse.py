@@ -546,6 +546,7 @@ def test_changes_by_other_clients_seen_at_once(tmp_path: Path) -> None:
     """Another client (as a 9P session does) changes the spawn through its host, not
     through the kernel: the mount, which caches names and attributes for 10 s, shows each
     change at once, cached pages included (the host invalidates before the change returns)."""
+    from spawn.cred import ROOT
     from spawn.engine import Engine
     from spawn.fuse_main import MOUNT_OPTIONS
     from spawn.fusedev import mount, unmount
@@ -561,10 +562,10 @@ def test_changes_by_other_clients_seen_at_once(tmp_path: Path) -> None:
     host = SpawnHost(engine, "t")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = host.serve_fuse(mount(str(mnt), MOUNT_OPTIONS), owner_uid=0, mountpoint=str(mnt))
+    done = host.serve_fuse(mount(str(mnt), MOUNT_OPTIONS), mountpoint=str(mnt))
 
     def other(op, *args, **kw):
-        return host.call_future(op, args, kw).result(10)
+        return host.call_future(op, ROOT, args, kw).result(10)
 
     try:
         ino = os.stat(mnt / "f").st_ino
@@ -580,7 +581,7 @@ def test_changes_by_other_clients_seen_at_once(tmp_path: Path) -> None:
         finally:
             os.close(fd)
         assert not (mnt / "new").exists()  # a cached negative entry, next
-        a = other("create", 1, b"new", 0o644, 0, 0)
+        a = other("create", 1, b"new", 0o644)
         other("write", a.ino, 0, b"hi")
         assert (mnt / "new").read_bytes() == b"hi"
         assert "new" in os.listdir(mnt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from spawn.cred import ROOT
 from spawn.ninep import messages as m9
 from spawn.ninep.client import Flushed
 from spawn.ninep.messages import LockFlags, LockStatus, LockType
@@ -198,7 +199,7 @@ def test_oversize_frame_closes_only_that_connection(tmp_path):
             bad.send_raw(m9_frame(m9.Twrite(tag=5, fid=f, offset=0, data=b"x" * 9000)))
             await eventually(lambda: bad.closed)
             await eventually(lambda: len(env.listener.sessions) == 1)
-            assert env.engine.read(env.engine.lookup(1, b"hello.txt").ino, 0, 5) == b"hello"
+            assert env.engine.read(ROOT, env.engine.lookup(ROOT, 1, b"hello.txt").ino, 0, 5) == b"hello"
             assert await good.walk(groot, good.fid(), [b"dir"])  # unaffected
             assert env.live_fids() == 2
             assert sum(env.engine._open.values()) == 0  # bad's open file was released

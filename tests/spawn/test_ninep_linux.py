@@ -11,6 +11,7 @@ import stat
 
 import pytest
 
+from spawn.cred import ROOT
 from spawn.ninep import messages as m9
 from spawn.ninep.client import ServerError
 from spawn.ninep.codec import encode
@@ -37,14 +38,14 @@ def test_lopen_lcreate_flags(tmp_path):
             assert qid.type == m9.QTFILE and iounit == c.msize - 24
             assert await c.write(d, 0, b"0123456789") == 10
             assert await c.read(d, 2, 3) == b"234"
-            a = e.lookup(e.lookup(1, b"dir").ino, b"new")
+            a = e.lookup(ROOT, e.lookup(ROOT, 1, b"dir").ino, b"new")
             assert (a.mode & 0o7777, a.uid, a.gid, a.size) == (0o640, UID, GID, 10)
             # a gid the attach may use is taken; another falls back to the attach's own
             await c.lcreate(await lwalk(c, root, b"dir"), b"g2000", os.O_WRONLY, 0o600, 2000)
             await c.lcreate(await lwalk(c, root, b"dir"), b"g3000", os.O_WRONLY, 0o600, 3000)
-            dino = e.lookup(1, b"dir").ino
-            assert e.lookup(dino, b"g2000").gid == 2000
-            assert e.lookup(dino, b"g3000").gid == GID
+            dino = e.lookup(ROOT, 1, b"dir").ino
+            assert e.lookup(ROOT, dino, b"g2000").gid == 2000
+            assert e.lookup(ROOT, dino, b"g3000").gid == GID
             with pytest.raises(ServerError) as ei:
                 await c.lcreate(await lwalk(c, root, b"dir"), b"new", os.O_RDWR, 0o600, GID)
             assert ei.value.errno == errno.EEXIST
@@ -52,10 +53,10 @@ def test_lopen_lcreate_flags(tmp_path):
             f = await lwalk(c, root, b"dir", b"new")
             await c.lopen(f, os.O_WRONLY | os.O_APPEND)
             await c.write(f, 0, b"END")
-            assert e.read(a.ino, 0, 100) == b"0123456789END"
+            assert e.read(ROOT, a.ino, 0, 100) == b"0123456789END"
             t = await lwalk(c, root, b"dir", b"new")
             await c.lopen(t, os.O_WRONLY | os.O_TRUNC)
-            assert e.getattr(a.ino).size == 0
+            assert e.getattr(ROOT, a.ino).size == 0
             # directories: read-only, and O_DIRECTORY on a file fails
             with pytest.raises(ServerError) as ei:
                 await c.lopen(await lwalk(c, root, b"dir"), os.O_RDWR)
@@ -81,7 +82,7 @@ def test_getattr_and_setattr(tmp_path):
             c, root = await env.attached()
             f = await lwalk(c, root, b"big.bin")
             r = await c.getattr(f, GetattrMask.ALL)
-            a = e.lookup(1, b"big.bin")
+            a = e.lookup(ROOT, 1, b"big.bin")
             assert r.valid == GetattrMask.BASIC
             assert (r.qid.path, r.mode, r.uid, r.gid, r.nlink, r.size, r.blocks) == (
                 a.ino, a.mode, a.uid, a.gid, a.nlink, a.size, a.blocks)
@@ -92,19 +93,25 @@ def test_getattr_and_setattr(tmp_path):
                          | SetattrMask.ATIME | SetattrMask.ATIME_SET | SetattrMask.MTIME
                          | SetattrMask.MTIME_SET, mode=0o100600, uid=0, gid=0, size=1000,
                          atime_sec=5, atime_nsec=6, mtime_sec=7, mtime_nsec=8)
-            b = e.getattr(a.ino)
+            b = e.getattr(ROOT, a.ino)
             assert (b.mode, b.size, b.atime_ns, b.mtime_ns) == (
                 stat.S_IFREG | 0o600, 1000, 5 * 10**9 + 6, 7 * 10**9 + 8)
             assert (b.uid, b.gid) == (a.uid, a.gid)  # not selected: untouched
-            await c.call(m9.Tsetattr, fid=f, valid=SetattrMask.UID | SetattrMask.GID
-                         | SetattrMask.MTIME, mode=0, uid=42, gid=43, size=0, atime_sec=0,
-                         atime_nsec=0, mtime_sec=0, mtime_nsec=0)
-            b2 = e.getattr(a.ino)
-            assert (b2.uid, b2.gid) == (42, 43)
+            with pytest.raises(ServerError) as ei:  # giving a file away is root's
+                await c.call(m9.Tsetattr, fid=f, valid=SetattrMask.UID | SetattrMask.GID
+                             | SetattrMask.MTIME, mode=0, uid=42, gid=43, size=0, atime_sec=0,
+                             atime_nsec=0, mtime_sec=0, mtime_nsec=0)
+            assert ei.value.errno == errno.EPERM
+            assert e.getattr(ROOT, a.ino) == b  # nothing of it happened
+            await c.call(m9.Tsetattr, fid=f, valid=SetattrMask.GID | SetattrMask.MTIME, mode=0,
+                         uid=0, gid=2000, size=0, atime_sec=0, atime_nsec=0, mtime_sec=0,
+                         mtime_nsec=0)  # chgrp to a group of one's own: the owner may
+            b2 = e.getattr(ROOT, a.ino)
+            assert (b2.uid, b2.gid) == (UID, 2000)
             assert b2.mtime_ns > b.mtime_ns  # MTIME without MTIME_SET: now
             await c.call(m9.Tsetattr, fid=f, valid=SetattrMask.CTIME, mode=0, uid=0, gid=0,
                          size=0, atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
-            assert e.getattr(a.ino).ctime_ns >= b2.ctime_ns
+            assert e.getattr(ROOT, a.ino).ctime_ns >= b2.ctime_ns
             d = await lwalk(c, root, b"dir")
             with pytest.raises(ServerError) as ei:
                 await c.call(m9.Tsetattr, fid=d, valid=SetattrMask.SIZE, mode=0, uid=0, gid=0,
@@ -122,13 +129,13 @@ def test_readdir_cookies(tmp_path):
             await c.lopen(d)
             first = await c.readdir(d, 0, 120)  # a few entries only
             assert [x.name for x in first[:2]] == [b".", b".."]
-            assert first[0].qid.path == e.lookup(1, b"many").ino and first[1].qid.path == 1
+            assert first[0].qid.path == e.lookup(ROOT, 1, b"many").ino and first[1].qid.path == 1
             assert [x.offset for x in first] == list(range(1, len(first) + 1))
             assert first[2].type == m9.DT_REG and first[0].type == m9.DT_DIR
             # the directory changes in the middle of the pass: nothing skipped or repeated
-            many = e.lookup(1, b"many").ino
-            await env.link.call("unlink", many, b"f39")  # another client, on the owner
-            await env.link.call("create", many, b"aaa-new", 0o644, 0, 0)
+            many = e.lookup(ROOT, 1, b"many").ino
+            await env.link.call("unlink", ROOT, many, b"f39")  # another client, on the owner
+            await env.link.call("create", ROOT, many, b"aaa-new", 0o644)
             rest = []
             cookie = first[-1].offset
             while batch := await c.readdir(d, cookie, 120):
@@ -162,7 +169,7 @@ def test_xattrs(tmp_path):
         async with served(tmp_path) as env:
             e = env.engine
             c, root = await env.attached()
-            ino = e.lookup(1, b"hello.txt").ino
+            ino = e.lookup(ROOT, 1, b"hello.txt").ino
 
             async def setx(name: bytes, value: bytes, flags: int = 0) -> None:
                 f = await lwalk(c, root, b"hello.txt")
@@ -174,7 +181,7 @@ def test_xattrs(tmp_path):
 
             await setx(b"user.one", b"first value")
             await setx(b"user.two", b"")
-            assert e.getxattr(ino, b"user.one") == b"first value"
+            assert e.getxattr(ROOT, ino, b"user.one") == b"first value"
             # read one value, and the list
             f = await lwalk(c, root, b"hello.txt")
             w = c.fid()
@@ -206,14 +213,14 @@ def test_xattrs(tmp_path):
             with pytest.raises(ServerError) as ei:
                 await c.clunk(g)
             assert ei.value.errno == errno.EBADF
-            assert b"user.short" not in e.listxattr(ino)
+            assert b"user.short" not in e.listxattr(ROOT, ino)
             with pytest.raises(ServerError) as ei:
                 await c.call(m9.Txattrcreate, fid=await lwalk(c, root, b"hello.txt"),
                              name=b"user.huge", attr_size=1 << 20, flags=0)
             assert ei.value.errno == errno.E2BIG
             # removal: size 0 with XATTR_REPLACE (as Linux's removexattr sends it)
             await setx(b"user.one", b"", XATTR_REPLACE)
-            assert e.listxattr(ino) == [b"user.two"]
+            assert e.listxattr(ROOT, ino) == [b"user.two"]
     run(body())
 
 
@@ -223,7 +230,7 @@ def test_statfs_fsync_readlink_symlink_mknod_mkdir(tmp_path):
             e = env.engine
             c, root = await env.attached()
             r = await c.call(m9.Tstatfs, fid=root)
-            total, _, _ = e.statfs()
+            total, _, _ = e.statfs(ROOT)
             assert (r.type, r.bsize, r.namelen, r.fsid) == (V9FS_MAGIC, 4096, 255, 7)
             assert r.blocks == total // 4096 and r.bavail <= r.blocks
             await c.call(m9.Tfsync, fid=root, datasync=0)
@@ -235,18 +242,25 @@ def test_statfs_fsync_readlink_symlink_mknod_mkdir(tmp_path):
             d = await lwalk(c, root, b"dir")
             q = (await c.call(m9.Tsymlink, fid=d, name=b"sl", symtgt=b"../x", gid=GID)).qid
             assert q.type == m9.QTSYMLINK
-            dino = e.lookup(1, b"dir").ino
-            assert e.readlink(e.lookup(dino, b"sl").ino) == b"../x"
+            dino = e.lookup(ROOT, 1, b"dir").ino
+            assert e.readlink(ROOT, e.lookup(ROOT, dino, b"sl").ino) == b"../x"
             q = (await c.call(m9.Tmknod, dfid=d, name=b"fifo", mode=stat.S_IFIFO | 0o600,
                               major=0, minor=0, gid=GID)).qid
-            assert stat.S_ISFIFO(e.lookup(dino, b"fifo").mode)
-            await c.call(m9.Tmknod, dfid=d, name=b"tty", mode=stat.S_IFCHR | 0o600, major=4,
-                         minor=1, gid=GID)
-            assert e.lookup(dino, b"tty").rdev == os.makedev(4, 1)
+            assert stat.S_ISFIFO(e.lookup(ROOT, dino, b"fifo").mode)
+            with pytest.raises(ServerError) as ei:  # device nodes are root's
+                await c.call(m9.Tmknod, dfid=d, name=b"tty", mode=stat.S_IFCHR | 0o600,
+                             major=4, minor=1, gid=GID)
+            assert ei.value.errno == errno.EPERM
+            env.uid = env.gid = 0
+            rc, rroot = await env.attached()
+            rd = await lwalk(rc, rroot, b"dir")
+            await rc.call(m9.Tmknod, dfid=rd, name=b"tty", mode=stat.S_IFCHR | 0o600, major=4,
+                          minor=1, gid=0)
+            assert e.lookup(ROOT, dino, b"tty").rdev == os.makedev(4, 1)
             dev = await lwalk(c, root, b"dir", b"tty")
             assert (await c.getattr(dev)).rdev == os.makedev(4, 1)
             q = (await c.call(m9.Tmkdir, dfid=d, name=b"nd", mode=0o750, gid=2000)).qid
-            nd = e.lookup(dino, b"nd")
+            nd = e.lookup(ROOT, dino, b"nd")
             assert q.type == m9.QTDIR and q.path == nd.ino
             assert (stat.S_IMODE(nd.mode), nd.uid, nd.gid) == (0o750, UID, 2000)
             for bad in (b"..", b"a/b", b"", b"x" * 256):
@@ -263,30 +277,30 @@ def test_link_rename_renameat_unlinkat_remove(tmp_path):
         async with served(tmp_path) as env:
             e = env.engine
             c, root = await env.attached()
-            dino = e.lookup(1, b"dir").ino
+            dino = e.lookup(ROOT, 1, b"dir").ino
             d = await lwalk(c, root, b"dir")
             f = await lwalk(c, root, b"hello.txt")
             await c.call(m9.Tlink, dfid=d, fid=f, name=b"hard")
-            assert e.lookup(dino, b"hard").ino == e.lookup(1, b"hello.txt").ino
-            assert e.lookup(1, b"hello.txt").nlink == 2
+            assert e.lookup(ROOT, dino, b"hard").ino == e.lookup(ROOT, 1, b"hello.txt").ino
+            assert e.lookup(ROOT, 1, b"hello.txt").nlink == 2
             with pytest.raises(ServerError) as ei:
                 await c.call(m9.Tlink, dfid=d, fid=await lwalk(c, root, b"many"), name=b"dl")
             assert ei.value.errno == errno.EPERM
             # Trename moves the fid's file; the fid follows it
             await c.call(m9.Trename, fid=f, dfid=d, name=b"moved.txt")
-            assert e.lookup(dino, b"moved.txt").ino == e.lookup(dino, b"hard").ino
+            assert e.lookup(ROOT, dino, b"moved.txt").ino == e.lookup(ROOT, dino, b"hard").ino
             await c.lopen(f)
             assert await c.read(f, 0, 5) == b"hello"
             fd = await lwalk(c, root, b"many", b"f00")
             await c.call(m9.Trename, fid=fd, dfid=d, name=b"f00")
             r = await c.call(m9.Tgetattr, fid=fd, request_mask=GetattrMask.BASIC)
-            assert r.qid.path == e.lookup(dino, b"f00").ino
+            assert r.qid.path == e.lookup(ROOT, dino, b"f00").ino
             with pytest.raises(ServerError) as ei:
                 await c.call(m9.Trename, fid=root, dfid=d, name=b"x")
             assert ei.value.errno == errno.EBUSY
             # Trenameat by names
             await c.call(m9.Trenameat, olddirfid=d, oldname=b"a", newdirfid=root, newname=b"a2")
-            assert e.lookup(1, b"a2")
+            assert e.lookup(ROOT, 1, b"a2")
             with pytest.raises(ServerError) as ei:
                 await c.call(m9.Trenameat, olddirfid=d, oldname=b"nosuch", newdirfid=root,
                              newname=b"x")
@@ -308,7 +322,7 @@ def test_link_rename_renameat_unlinkat_remove(tmp_path):
             # Tremove in .L
             rm = await lwalk(c, root, b"dir", b"b")
             await c.remove(rm)
-            assert [n for n, _ in e.readdir(dino)] == [b"f00", b"hard", b"moved.txt"]
+            assert [n for n, _ in e.readdir(ROOT, dino)] == [b"f00", b"hard", b"moved.txt"]
     run(body())
 
 

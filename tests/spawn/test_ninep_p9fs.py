@@ -18,6 +18,7 @@ import asyncio
 
 import pytest
 
+from spawn.cred import ROOT
 from tests.spawn.ninep_env import BIG, run, served
 
 p9fs = pytest.importorskip("p9fs", reason="p9fs is not installed (pip install p9fs)")
@@ -62,8 +63,8 @@ def test_p9fs_session(tmp_path, version):
 
             await asyncio.to_thread(session)
             e = env.engine
-            dino = e.lookup(1, b"dir").ino
-            assert sorted(n for n, _ in e.readdir(dino)) == [b"a", b"b", b"sub"]
-            assert b"made" not in {n for n, _ in e.readdir(1)}
+            dino = e.lookup(ROOT, 1, b"dir").ino
+            assert sorted(n for n, _ in e.readdir(ROOT, dino)) == [b"a", b"b", b"sub"]
+            assert b"made" not in {n for n, _ in e.readdir(ROOT, 1)}
 
     run(body())

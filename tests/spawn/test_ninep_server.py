@@ -15,6 +15,7 @@ import struct
 
 import pytest
 
+from spawn.cred import ROOT
 from spawn.ninep import messages as m9
 from spawn.ninep.client import ServerError, blank_stat
 from spawn.ninep.codec import encode
@@ -316,9 +317,9 @@ def test_create_files_and_directories(tmp_path, version):
             await c.write(d, 0, b"abc")
             st = await c.stat(d)
             assert (st.name, st.length) == (b"new.txt", 3)
-            a = env.engine.lookup(env.engine.lookup(1, b"dir").ino, b"new.txt")
+            a = env.engine.lookup(ROOT, env.engine.lookup(ROOT, 1, b"dir").ino, b"new.txt")
             assert (a.uid, a.gid) == (UID, GID)
-            dir_perm = env.engine.lookup(1, b"dir").mode & 0o777
+            dir_perm = env.engine.lookup(ROOT, 1, b"dir").mode & 0o777
             if c.dialect is Dialect.BASE:  # create(5): masked by the directory's bits
                 assert a.mode & 0o777 == 0o666 & (~0o666 | dir_perm)
             else:
@@ -363,19 +364,24 @@ def test_dotu_special_files(tmp_path):
 
             await make(b"sym", m9.DMSYMLINK | 0o777, b"hello.txt")
             await make(b"fifo", m9.DMNAMEDPIPE | 0o644)
+            await make(b"suid", m9.DMSETUID | 0o755)
+            with pytest.raises(ServerError) as ei:  # device nodes are root's to make
+                await make(b"null", m9.DMDEVICE | 0o666, b"c 1 3")
+            assert ei.value.errno == errno.EPERM
+            env.uid = env.gid = 0
+            c, root = await env.attached(b"9P2000.u")
             await make(b"null", m9.DMDEVICE | 0o666, b"c 1 3")
             await make(b"sda", m9.DMDEVICE | 0o660, b"b 8 0")
-            await make(b"suid", m9.DMSETUID | 0o755)
             target = c.fid()
             await c.walk(root, target, [b"hello.txt"])
             await make(b"hard", m9.DMLINK, b"%d\n" % target)
             e = env.engine
-            assert e.readlink(e.lookup(1, b"sym").ino) == b"hello.txt"
-            assert stat.S_ISFIFO(e.lookup(1, b"fifo").mode)
-            assert e.lookup(1, b"null").rdev == os.makedev(1, 3)
-            assert stat.S_ISBLK(e.lookup(1, b"sda").mode)
-            assert e.lookup(1, b"suid").mode & 0o7777 == 0o4755
-            assert e.lookup(1, b"hard").ino == e.lookup(1, b"hello.txt").ino
+            assert e.readlink(ROOT, e.lookup(ROOT, 1, b"sym").ino) == b"hello.txt"
+            assert stat.S_ISFIFO(e.lookup(ROOT, 1, b"fifo").mode)
+            assert e.lookup(ROOT, 1, b"null").rdev == os.makedev(1, 3)
+            assert stat.S_ISBLK(e.lookup(ROOT, 1, b"sda").mode)
+            assert e.lookup(ROOT, 1, b"suid").mode & 0o7777 == 0o4755
+            assert e.lookup(ROOT, 1, b"hard").ino == e.lookup(ROOT, 1, b"hello.txt").ino
             d = await open_file(c, root, b"")
             stats = {s.name: s for s in await c.list_dir(d)}
             assert stats[b"sym"].mode & m9.DMSYMLINK and stats[b"sym"].extension == b"hello.txt"
@@ -384,7 +390,7 @@ def test_dotu_special_files(tmp_path):
             assert stats[b"sda"].extension == b"b 8 0"
             assert stats[b"fifo"].mode & m9.DMNAMEDPIPE
             assert stats[b"suid"].mode & m9.DMSETUID
-            assert stats[b"hello.txt"].n_uid == e.lookup(1, b"hello.txt").uid
+            assert stats[b"hello.txt"].n_uid == e.lookup(ROOT, 1, b"hello.txt").uid
             for ext in (b"x 1 2", b"c one two", b"c 1"):
                 with pytest.raises(ServerError):
                     await make(b"bad", m9.DMDEVICE | 0o600, ext)
@@ -401,7 +407,7 @@ def test_stat(tmp_path, version):
             f = c.fid()
             await c.walk(root, f, [b"dir", b"b"])
             st = await c.stat(f)
-            a = env.engine.lookup(env.engine.lookup(1, b"dir").ino, b"b")
+            a = env.engine.lookup(ROOT, env.engine.lookup(ROOT, 1, b"dir").ino, b"b")
             assert (st.name, st.length, st.qid.path) == (b"b", 20, a.ino)
             assert st.mode == a.mode & 0o777
             assert st.mtime == a.mtime_ns // 10**9
@@ -470,13 +476,13 @@ def test_wstat_all_or_nothing(tmp_path, version):
             c, root = await env.attached(version)
             f = c.fid()
             await c.walk(root, f, [b"dir", b"a"])
-            dir_ino = e.lookup(1, b"dir").ino
-            before = e.lookup(dir_ino, b"a")
+            dir_ino = e.lookup(ROOT, 1, b"dir").ino
+            before = e.lookup(ROOT, dir_ino, b"a")
             # renaming onto an existing name fails, and the mode change with it does not happen
             with pytest.raises(ServerError) as ei:
                 await c.wstat(f, blank_stat(name=b"b", mode=0o600))
             assert ei.value.errno == errno.EEXIST
-            assert e.lookup(dir_ino, b"a").mode == before.mode
+            assert e.lookup(ROOT, dir_ino, b"a").mode == before.mode
             # a bad field anywhere: nothing changes
             with pytest.raises(ServerError):
                 await c.wstat(f, blank_stat(name=b"renamed", mode=m9.DMDIR | 0o600))
@@ -486,33 +492,34 @@ def test_wstat_all_or_nothing(tmp_path, version):
                 await c.wstat(f, blank_stat(name=b"bad/name", mode=0o600))
             with pytest.raises(ServerError):
                 await c.wstat(f, blank_stat(mode=0o600, muid=b"someone"))
-            assert e.lookup(dir_ino, b"a").mode == before.mode
-            assert [n for n, _ in e.readdir(dir_ino)] == [b"a", b"b", b"sub"]
+            assert e.lookup(ROOT, dir_ino, b"a").mode == before.mode
+            assert [n for n, _ in e.readdir(ROOT, dir_ino)] == [b"a", b"b", b"sub"]
             # everything at once: name, mode, mtime, length
             await c.wstat(f, blank_stat(name=b"renamed", mode=0o600, mtime=1_000_000,
                                         length=4))
-            a = e.lookup(dir_ino, b"renamed")
+            a = e.lookup(ROOT, dir_ino, b"renamed")
             assert (a.ino, a.mode & 0o777, a.mtime_ns, a.size) == (before.ino, 0o600,
                                                                   1_000_000 * 10**9, 4)
             assert (await c.stat(f)).name == b"renamed"  # the fid follows its file
             # a blank wstat changes nothing (stat(5): a request to sync)
             await c.wstat(f, blank_stat())
-            assert e.lookup(dir_ino, b"renamed") == a
+            assert e.lookup(ROOT, dir_ino, b"renamed") == a
             # gid by number; the owner only in .u (n_uid), as Linux chown does
             await c.wstat(f, blank_stat(gid=b"2000"))
-            assert e.lookup(dir_ino, b"renamed").gid == 2000
+            assert e.lookup(ROOT, dir_ino, b"renamed").gid == 2000
             if c.dialect is Dialect.UNIX:
-                await c.wstat(f, blank_stat(n_uid=4321, n_gid=4322))
-                a = e.lookup(dir_ino, b"renamed")
-                assert (a.uid, a.gid) == (4321, 4322)
+                with pytest.raises(ServerError) as ei:  # giving a file away is root's
+                    await c.wstat(f, blank_stat(n_uid=4321, n_gid=4322))
+                assert ei.value.errno == errno.EPERM
+                assert e.lookup(ROOT, dir_ino, b"renamed").uid == 1000
             # directories: no length but 0, and the root has no name to change
             d = c.fid()
             await c.walk(root, d, [b"dir", b"sub"])
             with pytest.raises(ServerError):
                 await c.wstat(d, blank_stat(length=5, name=b"sub2"))
-            assert e.lookup(dir_ino, b"sub")
+            assert e.lookup(ROOT, dir_ino, b"sub")
             await c.wstat(d, blank_stat(length=0, mode=m9.DMDIR | 0o700))
-            assert e.lookup(dir_ino, b"sub").mode & 0o777 == 0o700
+            assert e.lookup(ROOT, dir_ino, b"sub").mode & 0o777 == 0o700
             with pytest.raises(ServerError) as ei:
                 await c.wstat(root, blank_stat(name=b"newroot"))
             assert ei.value.errno == errno.EBUSY
@@ -520,12 +527,12 @@ def test_wstat_all_or_nothing(tmp_path, version):
             await c.clunk(f)
             f = c.fid()
             await c.walk(root, f, [b"dir", b"b"])
-            await env.link.call("rename", dir_ino, b"b", dir_ino, b"b-moved")  # on the owner
-            await env.link.call("create", dir_ino, b"b", 0o644, 0, 0)
+            await env.link.call("rename", ROOT, dir_ino, b"b", dir_ino, b"b-moved")  # on the owner
+            await env.link.call("create", ROOT, dir_ino, b"b", 0o644)
             with pytest.raises(ServerError) as ei:
                 await c.wstat(f, blank_stat(name=b"c"))
             assert ei.value.errno == errno.ESTALE
-            assert {n for n, _ in e.readdir(dir_ino)} == {b"b", b"b-moved", b"renamed", b"sub"}
+            assert {n for n, _ in e.readdir(ROOT, dir_ino)} == {b"b", b"b-moved", b"renamed", b"sub"}
     run(body())
 
 
