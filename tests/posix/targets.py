@@ -118,15 +118,19 @@ def share_all(node: Node, sid: str, users: Users) -> None:
 
 
 @contextlib.contextmanager
-def grid_node(users: Users) -> Iterator[Node]:
-    """A node whose daemon runs, with the test users known by uid and a small tree "posix"."""
+def grid_node(users: Users, fill: Callable[[Path], object] | None = None) -> Iterator[Node]:
+    """A node whose daemon runs, with the test users known by uid and a tree "posix" imported
+    from a directory that *fill* fills (by default one README)."""
     node = new_node()
     try:
         node.init()
         src = node.base / "src"
         src.mkdir()
         os.chmod(src, 0o755)
-        (src / "README").write_text("the posix permission cases run beside this file\n")
+        if fill is None:
+            (src / "README").write_text("the posix permission cases run beside this file\n")
+        else:
+            fill(src)
         node.grid("import", str(src), "posix")
         for actor, uid in users.uids.items():
             if actor != "root":
@@ -148,6 +152,19 @@ def run_grid_fuse(cases: list[Case], users: Users) -> dict[str, Outcome]:
         share_all(node, sid, users)
         os.chmod(m, 0o755)  # the spawn's root: every user may search it, as the cases assume
         return harness.run(m, cases, users)
+
+
+def run_grid_fuse_base(cases: list[Case], users: Users) -> dict[str, Outcome]:
+    """Setup in the tree that `grid import` reads, steps through a FUSE mount of a spawn of it:
+    every change is a copy-on-write of a file from the base tree (the overlayfs-lower of grid)."""
+    prepared: dict[str, Outcome] = {}
+    with grid_node(users, lambda src: prepared.update(harness.prepare(src, cases, users))) as node:
+        m = node.base / "m"
+        m.mkdir()
+        os.chmod(m, 0o755)
+        sid = node.grid("spawn", "-q", "posix", "--mount", str(m)).stdout.strip()
+        share_all(node, sid, users)
+        return harness.run(m, cases, users, prepared)
 
 
 def ninep_available() -> bool:
