@@ -57,8 +57,12 @@ def overlay(base: Path) -> Iterator[tuple[Path, Path]]:
     for d in (lower, upper, work, merged):
         d.mkdir()
         os.chmod(d, 0o755)
-    yield lower, merged
-    _umount(merged)
+    try:
+        yield lower, merged
+    finally:
+        _umount(merged)
+        if os.path.ismount(merged):  # never let scratch() remove files through a mount
+            raise RuntimeError(f"{merged} is still mounted")
 
 
 # Directories renamed out of the lower layer (redirect_dir) and hard links kept whole on
