@@ -54,6 +54,19 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def check_new_name(name: str, what: str = "name") -> str:
+    """A name about to be created (import, save, set): ``check_name`` and also no ``:`` or
+    ``@``, which references give a meaning (``NAME:PATH``, ``NAME@SCORE``), so a name with
+    them could be recorded but never named again. Old records with them still load."""
+    check_name(name, what)
+    for c in ":@":
+        if c in name:
+            raise NdbValueError(
+                f"{what} {name!r} contains {c!r}, which references use (NAME:PATH, NAME@SCORE)"
+            )
+    return name
+
+
 def check_score(text: str) -> str:
     """A score as ndb holds it: ``blake3:`` and 64 lowercase hex digits."""
     if not isinstance(text, str) or not _SCORE.fullmatch(text):

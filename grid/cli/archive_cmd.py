@@ -90,7 +90,7 @@ def run_import(args: argparse.Namespace) -> int:
     from grid.storeopen import open_store
     from ndb.names import NameDB
     from ndb.users import UserDB
-    from ndb.values import check_name
+    from ndb.values import check_new_name
     from spawn.archive import Archive
     from spawn.filescache import FilesCache
     from spawn.importer import Importer
@@ -101,7 +101,7 @@ def run_import(args: argparse.Namespace) -> int:
     if args.user and os.getuid() != 0 and args.user != _me():
         raise UserError("import", f"only root may record names for another user ({args.user})")
     try:
-        check_name(args.name)
+        check_new_name(args.name)
     except ValueError as e:
         raise UserError(f"name {args.name!r}", str(e)) from None
     if not os.path.isdir(args.dir):
