@@ -27,13 +27,21 @@ class Ref:
 def split_path(text: str) -> tuple[str, str]:
     """Split ``REF:PATH`` into (REF, PATH); PATH is '' when absent."""
     if text.startswith(PREFIX):
-        return text[:SCORE_TEXT_LEN], text[SCORE_TEXT_LEN + 1 :] if len(text) > SCORE_TEXT_LEN else ""
+        _after_score(text, SCORE_TEXT_LEN)
+        return text[:SCORE_TEXT_LEN], text[SCORE_TEXT_LEN + 1 :]
     at = text.find("@")
     if at >= 0 and text[at + 1 :].startswith(PREFIX):
         end = at + 1 + SCORE_TEXT_LEN
+        _after_score(text, end)
         return text[:end], text[end + 1 :]
     name, _, path = text.partition(":")
     return name, path
+
+
+def _after_score(text: str, end: int) -> None:
+    """After a score only ``:PATH`` may follow: ``blake3:<64 hex>x`` is not a score."""
+    if len(text) > end and text[end] != ":":
+        raise UserError(text, "is not a score (expected blake3:<64 hex digits>, then nothing or :PATH)")
 
 
 def resolve(home: GridHome, text: str) -> Ref:

@@ -54,6 +54,19 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def check_new_name(name: str, what: str = "name") -> str:
+    """A name about to be created (import, save, set): ``check_name`` and also no ``:`` or
+    ``@``, which references give a meaning (``NAME:PATH``, ``NAME@SCORE``), so a name with
+    them could be recorded but never named again. Old records with them still load."""
+    check_name(name, what)
+    for c in ":@":
+        if c in name:
+            raise NdbValueError(
+                f"{what} {name!r} contains {c!r}, which references use (NAME:PATH, NAME@SCORE)"
+            )
+    return name
+
+
 def check_score(text: str) -> str:
     """A score as ndb holds it: ``blake3:`` and 64 lowercase hex digits."""
     if not isinstance(text, str) or not _SCORE.fullmatch(text):
@@ -103,11 +116,42 @@ def now_date() -> str:
     return format_date(datetime.now(UTC))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_SECOND = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds())
+MAX_AHEAD = timedelta(days=1)  # clock skew tolerated in dates from peers and users
+
+
 def date_after(text: str) -> str:
-    """The date one microsecond after *text*."""
+    """The date one microsecond after *text*.
+
+    Integer arithmetic, so a record dated at the very end of what RFC 3339's four-digit
+    years can say (9999-12-31T23:59:59.999999Z, which a hostile peer once sent) is a precise
+    NdbValueError rather than an OverflowError from datetime."""
     secs, nanos = parse_date(text)
-    dt = datetime.fromtimestamp(secs, UTC) + timedelta(microseconds=nanos // 1000 + 1)
-    return format_date(dt)
+    micros = nanos // 1000 + 1
+    secs, micros = secs + micros // 1_000_000, micros % 1_000_000
+    if secs > _LAST_SECOND:
+        raise NdbValueError(
+            f"no date can follow {text}, the latest a record can carry; a record dated this far "
+            "ahead is bogus: remove it from the names file"
+        )
+    return format_date(_EPOCH + timedelta(seconds=secs, microseconds=micros))
+
+
+def check_not_future(text: str, *, now: datetime | None = None, ahead: timedelta = MAX_AHEAD) -> str:
+    """*text* as a date no later than *ahead* past *now* (this node's clock).
+
+    Records from peers and users are dated when they are made; one dated far in the future
+    would stay every name's latest record and make each later one a microsecond after it,
+    so such dates are refused where records enter (merge, pull, the CLI)."""
+    secs, _nanos = parse_date(text)
+    now = now or datetime.now(UTC)
+    if secs > (now + ahead - _EPOCH).total_seconds():
+        raise NdbValueError(
+            f"date {text} is more than {ahead.days or 1} day(s) ahead of this node's clock "
+            f"({format_date(now)}): refused"
+        )
+    return text
 
 
 def check_user_name(name: str) -> str:

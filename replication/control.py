@@ -42,6 +42,9 @@ MAGIC = b"GRIDREPL/1\n"
 SNIFF = 4  # bytes that decide which kind of connection it is
 MAX_FRAME = 64 << 20  # a names file of ~300k records; larger is refused, not buffered
 LOG_MAX = 4096  # records in one log reply
+MERGE_MAX = 4 << 20  # bytes of ndb text in one merge: senders split, receivers refuse more
+MERGE_MAX_RECORDS = 20_000  # name records in one merge, likewise
+IDLE_TIMEOUT = 300.0  # seconds an open control connection may wait for its next request
 _LEN = struct.Struct(">I")
 
 
@@ -83,6 +86,43 @@ def decode(body: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ControlError("malformed control frame: not a JSON object")
     return obj
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def parse_log_reply(reply: dict[str, Any], start: int, limit: int, peer: str) -> tuple[
+        list[tuple[int, int, bytes]], int]:
+    """The records of a ``log`` reply, checked: a peer is not trusted to answer sanely.
+
+    Every record lies at or past *start*, ends after it begins, follows the one before it,
+    and there are at most *limit*; the score is 64 hex digits. Anything else is a
+    ControlError naming what was wrong, so a hostile or broken peer can neither crash the
+    caller nor keep it asking for the same position forever."""
+    raw, end = reply.get("records"), reply.get("end")
+    if not isinstance(raw, list) or not _is_int(end):
+        raise ControlError(f"{peer}: malformed log reply (records or end missing)")
+    if len(raw) > limit:
+        raise ControlError(f"{peer}: log reply has {len(raw)} records, more than the {limit} asked")
+    out: list[tuple[int, int, bytes]] = []
+    at = start
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 3 or not _is_int(item[0]) or not _is_int(item[1])
+                or not isinstance(item[2], str) or len(item[2]) != 64):
+            raise ControlError(f"{peer}: malformed log record {str(item)[:80]}")
+        pos, nxt, hexscore = item
+        try:
+            score = bytes.fromhex(hexscore)
+        except ValueError:
+            raise ControlError(f"{peer}: malformed score in log record at {pos}") from None
+        if pos < at or nxt <= pos:
+            raise ControlError(
+                f"{peer}: log reply does not advance (record at {pos}..{nxt} after position {at})"
+            )
+        out.append((pos, nxt, score))
+        at = nxt
+    return out, end
 
 
 class ControlClient:
@@ -127,18 +167,22 @@ class ControlClient:
 
     def names(self) -> str:
         """The peer's name records, as ndb text."""
-        return str(self.call("names")["names"])
+        text = self.call("names").get("names")
+        if not isinstance(text, str):
+            raise ControlError(f"{self.address}: malformed names reply (no ndb text)")
+        return text
 
     def merge(self, text: str) -> tuple[int, list[str]]:
         """Offer name records; the names added and those skipped (root block missing)."""
         r = self.call("merge", names=text)
-        return int(r["added"]), [str(s) for s in r.get("skipped", ())]
+        added, skipped = r.get("added"), r.get("skipped", [])
+        if not _is_int(added) or not isinstance(skipped, list) or not all(isinstance(x, str) for x in skipped):
+            raise ControlError(f"{self.address}: malformed merge reply")
+        return added, skipped
 
     def log(self, start: int, limit: int = LOG_MAX) -> tuple[list[tuple[int, int, bytes]], int]:
         """Up to *limit* of the peer's log records from *start*, and the log's end."""
-        r = self.call("log", start=start, max=limit)
-        recs = [(int(p), int(n), bytes.fromhex(s)) for p, n, s in r["records"]]
-        return recs, int(r["end"])
+        return parse_log_reply(self.call("log", start=start, max=limit), start, limit, self.address)
 
     def close(self) -> None:
         try:

@@ -27,9 +27,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from ndb.errors import NdbError, NdbRecordError
+from ndb.errors import NdbError, NdbRecordError, NdbValueError
 from ndb.names import KIND, NameDB, NameRecord
 from ndb.syntax import parse
+from ndb.values import check_not_future
 from replication import control
 from replication._ca import NODE, known_identity
 from replication._tls import peer_identity
@@ -54,6 +55,33 @@ def parse_names(text: str, where: str = "<peer names>") -> list[NameRecord]:
     parsed = parse(text.encode("utf-8"), where)
     return [NameRecord.from_entry(e, f"{where}:{e.lineno}") for e in parsed.entries
             if e.kind == KIND]
+
+
+# Attributes that mean something about who may do what (users, groups, keys, peers): a name
+# record carrying one is not a name record a node wrote, and is refused from peers.
+RIGHTS_ATTRS = frozenset({"uid", "gid", "group", "sshkey", "cert", "peer", "addr", "owner",
+                          "share", "mode", "perm", "admin", "root", "sys"})
+
+
+def check_peer_records(records: list[NameRecord], where: str) -> None:
+    """Refuse, naming the first offender, name records a peer must not send: dated more than
+    a day ahead of this node's clock (such a record stays a name's latest forever), or
+    carrying attributes that confer rights. NdbRecordError; nothing is merged then."""
+    if len(records) > control.MERGE_MAX_RECORDS:
+        raise NdbRecordError(
+            f"{where}: {len(records)} name records in one merge, more than {control.MERGE_MAX_RECORDS}"
+        )
+    for r in records:
+        try:
+            check_not_future(r.date)
+        except NdbValueError as e:
+            raise NdbRecordError(f"{where}: name {r.name!r}: {e}") from None
+        bad = sorted({p.attr for p in r.extra} & RIGHTS_ATTRS)
+        if bad:
+            raise NdbRecordError(
+                f"{where}: name {r.name!r} carries {', '.join(a + '=' for a in bad)}, which a name "
+                "record may not: refused"
+            )
 
 
 def merge_present(names: NameDB, store: BlockStore, records: list[NameRecord]) -> tuple[
@@ -146,16 +174,21 @@ class PeerListener:
                 return
             while True:
                 try:
-                    head = await reader.readexactly(4)
+                    head = await asyncio.wait_for(reader.readexactly(4), control.IDLE_TIMEOUT)
                 except asyncio.IncompleteReadError:
                     return  # clean end
-                body = await reader.readexactly(control.frame_length(head))
+                except TimeoutError:
+                    log.info("peer %s: control connection idle for %ds; closing", peer,
+                             control.IDLE_TIMEOUT)
+                    return
+                body = await asyncio.wait_for(reader.readexactly(control.frame_length(head)),
+                                              control.IDLE_TIMEOUT)
                 request = control.decode(body)
                 reply = await asyncio.get_running_loop().run_in_executor(
                     self.blocks.executor, self._answer, peer, request)
                 writer.write(control.encode(reply))
                 await writer.drain()
-        except (control.ControlError, asyncio.IncompleteReadError) as e:
+        except (control.ControlError, asyncio.IncompleteReadError, TimeoutError) as e:
             log.warning("peer %s: control connection closed: %s", peer, e)
         except (ConnectionError, OSError) as e:
             log.info("peer %s: control connection lost: %s", peer, e)
@@ -175,8 +208,12 @@ class PeerListener:
                 text = req.get("names")
                 if not isinstance(text, str):
                     return {"ok": False, "error": "merge needs names (ndb text)"}
-                added, skipped = merge_present(NameDB(self.names_path), self.store,
-                                               parse_names(text, f"names from {peer}"))
+                if len(text.encode("utf-8")) > control.MERGE_MAX:
+                    return {"ok": False, "error": f"a merge is at most {control.MERGE_MAX} bytes of "
+                                                  "ndb text: send it in pieces"}
+                records = parse_names(text, f"names from {peer}")
+                check_peer_records(records, f"names from {peer}")
+                added, skipped = merge_present(NameDB(self.names_path), self.store, records)
                 if added or skipped:
                     log.info("peer %s: %d name record(s) merged, %d skipped (root absent)",
                              peer, len(added), len(skipped))

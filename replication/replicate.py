@@ -40,8 +40,8 @@ from typing import Any
 
 from ndb.errors import NdbError
 from ndb.names import NameDB, NameSet
-from replication.control import ControlClient, ControlError
-from replication.listener import merge_present, parse_names
+from replication.control import MERGE_MAX, MERGE_MAX_RECORDS, ControlClient, ControlError
+from replication.listener import check_peer_records, merge_present, parse_names
 from store.base import BlockStore, LogRecord
 from store.block import BlockType
 from store.client import RemoteStore
@@ -349,7 +349,7 @@ def pull_blocks(ctl: ControlClient, remote: BlockStore, local: BlockStore, stats
     pos = synced = start
     unsynced = 0
     while True:
-        records, end = ctl.log(pos)
+        records, end = ctl.log(pos)  # checked: every record lies past pos (control.parse_log_reply)
         if not records:
             break
         stats.scanned += len(records)
@@ -383,9 +383,21 @@ def push_names(ctl: ControlClient, local: NameSet, stats: Stats) -> None:
     """Offer the peer the local name records it lacks."""
     theirs = NameSet.of(parse_names(ctl.names(), f"names of {stats.peer}"))
     lacking = NameSet(local.records - theirs.records)
-    if not lacking:
-        return
-    added, skipped = ctl.merge(lacking.to_text())
+    chunk: list[str] = []
+    size = 0
+    # The receiver refuses a merge over control.MERGE_MAX bytes: send it in pieces.
+    for line in lacking.to_text().splitlines(keepends=True):
+        if chunk and (size + len(line.encode("utf-8")) > MERGE_MAX or len(chunk) >= MERGE_MAX_RECORDS):
+            _merge(ctl, "".join(chunk), stats)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line.encode("utf-8"))
+    if chunk:
+        _merge(ctl, "".join(chunk), stats)
+
+
+def _merge(ctl: ControlClient, text: str, stats: Stats) -> None:
+    added, skipped = ctl.merge(text)
     stats.names += added
     stats.skipped_names += len(skipped)
 
@@ -393,6 +405,7 @@ def push_names(ctl: ControlClient, local: NameSet, stats: Stats) -> None:
 def pull_names(ctl: ControlClient, names: NameDB, store: BlockStore, stats: Stats) -> None:
     """Merge the peer's name records this node lacks, those whose root block it holds."""
     theirs = parse_names(ctl.names(), f"names of {stats.peer}")
+    check_peer_records(theirs, f"names of {stats.peer}")
     added, skipped = merge_present(names, store, theirs)
     stats.names += len(added)
     stats.skipped_names += len(skipped)

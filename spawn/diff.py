@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from spawn.archive import Archive
-from spawn.fsformat import Inode
+from spawn.fsformat import DirEntry, Inode
 
 
 def _meta(i: Inode) -> tuple:
@@ -22,7 +22,7 @@ def diff_archives(a: Archive, b: Archive) -> Iterator[tuple[str, bytes]]:
     """Yield ('+', path), ('-', path), ('M', path) content changed, ('m', path) metadata only."""
     if a.root.inode_table == b.root.inode_table and a.root.root_ino == b.root.root_ino:
         return
-    yield from _diff_dir(a, a.root_ino, b, b.root_ino, b"")
+    yield from _diff_dir(a, a.root_ino, b, b.root_ino, b"", (set(), set()))
 
 
 def _all(x: Archive, ino: int, prefix: bytes) -> Iterator[bytes]:
@@ -30,7 +30,11 @@ def _all(x: Archive, ino: int, prefix: bytes) -> Iterator[bytes]:
         yield path
 
 
-def _diff_dir(a: Archive, ai: int, b: Archive, bi: int, prefix: bytes) -> Iterator[tuple[str, bytes]]:
+def _diff_dir(a: Archive, ai: int, b: Archive, bi: int, prefix: bytes,
+              seen: tuple[set[int], set[int]]) -> Iterator[tuple[str, bytes]]:
+    # Each directory is entered once per side: a cycle in a malformed archive is BadArchive.
+    a.enter_dir(ai, prefix, seen[0])
+    b.enter_dir(bi, prefix, seen[1])
     ea = {d.name: d.ino for d in a.readdir(ai)}
     eb = {d.name: d.ino for d in b.readdir(bi)}
     for name in sorted(ea.keys() | eb.keys()):
@@ -43,7 +47,8 @@ def _diff_dir(a: Archive, ai: int, b: Archive, bi: int, prefix: bytes) -> Iterat
             for p in _all(b, eb[name], path):
                 yield "+", p
             continue
-        ia, ib = a.inode(ea[name]), b.inode(eb[name])
+        ia = a.entry_inode(DirEntry(name, ea[name], 0))
+        ib = b.entry_inode(DirEntry(name, eb[name], 0))
         if ia.kind != ib.kind:
             for p in _all(a, ea[name], path):
                 yield "-", p
@@ -53,7 +58,7 @@ def _diff_dir(a: Archive, ai: int, b: Archive, bi: int, prefix: bytes) -> Iterat
         if ia.is_dir():
             if _meta(ia) != _meta(ib):
                 yield "m", path
-            yield from _diff_dir(a, ea[name], b, eb[name], path)
+            yield from _diff_dir(a, ea[name], b, eb[name], path, seen)
         elif (ia.content, ia.inline, ia.size) != (ib.content, ib.inline, ib.size):
             yield "M", path
         elif _meta(ia) != _meta(ib):

@@ -18,8 +18,8 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spawn.archive import Archive
-from spawn.fsformat import Inode, check_name
+from spawn.archive import Archive, BadArchive
+from spawn.fsformat import BadName, Inode, check_name
 from store.score import NULL_SCORE
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -37,7 +37,7 @@ class ExportStats:
 
 
 class ExportError(Exception):
-    pass
+    """An export that cannot go on; the message names the path inside the archive."""
 
 
 class Exporter:
@@ -50,25 +50,32 @@ class Exporter:
         self._done: dict[int, tuple[int, bytes]] = {}  # ino -> (dir fd, name) of its first name
         self._can_chown = os.geteuid() == 0
         self._uid, self._gid = os.geteuid(), os.getegid()
+        self._seen_dirs: set[int] = set()  # a directory entered twice is a cycle (BadArchive)
 
     def warn(self, msg: str) -> None:
         self.stats.warnings.append(msg)
         self._warn(msg)
 
     def run(self, dest: str | bytes, start_ino: int | None = None) -> ExportStats:
+        """Export the directory *start_ino* (default: the root) into *dest*.
+
+        The start is checked before *dest* is made, so refusing it leaves nothing behind.
+        A malformed archive met half-way is an ExportError naming the path it reached."""
         dest = os.fsencode(dest)
+        ino = self.a.root_ino if start_ino is None else start_ino
+        inode = self.a.inode(ino)
+        if not inode.is_dir():
+            raise ExportError("the exported path is not a directory")
         try:
             os.mkdir(dest, 0o700)
         except FileExistsError:
             if os.listdir(dest):
                 raise ExportError(f"{os.fsdecode(dest)} is not empty; export only into a new or empty directory") from None
+        except OSError as e:
+            raise ExportError(f"{os.fsdecode(dest)}: {e.strerror}") from None
         fd = os.open(dest, _O_DIR)
         try:
-            ino = self.a.root_ino if start_ino is None else start_ino
-            inode = self.a.inode(ino)
-            if not inode.is_dir():
-                raise ExportError("the exported path is not a directory")
-            self._fill_dir(fd, ino)
+            self._fill_dir(fd, ino, b"")
             self._set_meta_fd(fd, inode, is_dir=True)
         finally:
             os.close(fd)
@@ -77,28 +84,46 @@ class Exporter:
             self._done.clear()
         return self.stats
 
-    def _fill_dir(self, dfd: int, dir_ino: int) -> None:
+    def _fill_dir(self, dfd: int, dir_ino: int, path: bytes) -> None:
+        self.a.enter_dir(dir_ino, path, self._seen_dirs)
         self.stats.dirs += 1
         for d in self.a.readdir(dir_ino):
-            check_name(d.name)
-            self._entry(dfd, d.name, d.ino)
+            child = path + b"/" + d.name if path else d.name
+            try:
+                check_name(d.name)
+            except BadName:
+                raise BadArchive(
+                    f"archive {os.fsdecode(path) or '/'}: an entry has an impossible name "
+                    f"{d.name.decode('utf-8', 'replace')!r}"
+                ) from None
+            try:
+                self._entry(dfd, d.name, d.ino, child)
+            except OSError as e:  # EFBIG for an absurd size, ENOSPC, ...: name the file
+                raise ExportError(f"{os.fsdecode(child)}: {e.strerror or e}") from None
+            except OverflowError as e:
+                raise ExportError(f"{os.fsdecode(child)}: {e}") from None
         if self._progress is not None:
             self._progress(self.stats)
 
-    def _entry(self, dfd: int, name: bytes, ino: int) -> None:
+    def _entry(self, dfd: int, name: bytes, ino: int, path: bytes) -> None:
         first = self._done.get(ino)
         if first is not None:
             src_fd, src_name = first
             os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dfd, follow_symlinks=False)
             self.stats.links += 1
             return
-        inode = self.a.inode(ino)
+        try:
+            inode = self.a.inode(ino)
+        except LookupError:
+            raise BadArchive(
+                f"archive entry {os.fsdecode(path)} names inode {ino}, which the archive lacks"
+            ) from None
         kind = inode.kind
         if kind == stat.S_IFDIR:
             os.mkdir(name, 0o700, dir_fd=dfd)
             cfd = os.open(name, _O_DIR, dir_fd=dfd)
             try:
-                self._fill_dir(cfd, ino)
+                self._fill_dir(cfd, ino, path)
                 self._set_meta_fd(cfd, inode, is_dir=True)
             finally:
                 os.close(cfd)

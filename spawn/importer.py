@@ -224,8 +224,10 @@ class Importer:
 
     def run(self, top: bytes | str, *, name: str = "", user: str = "", time_ns: int | None = None, prev: bytes = NULL_SCORE) -> Score:
         t0 = time.monotonic()
-        top = os.fsencode(top)
-        self._top = os.path.realpath(top)
+        # The directory a symlink names is what the user means; the walk itself follows no
+        # symlinks (it opens with O_NOFOLLOW), so resolve the top once, here.
+        top = os.path.realpath(os.fsencode(top))
+        self._top = top
         st = os.stat(top)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", top)
@@ -303,6 +305,8 @@ class Importer:
         try:
             names = sorted(_listdir(path))
         except OSError as e:
+            if not rel:  # the top itself: an import of nothing must fail, not record an empty tree
+                raise
             self.stats.skipped.append((path, e.strerror or str(e)))
             self.warn(f"skipped the contents of {os.fsdecode(path)}: {e.strerror or e}")
             names = []

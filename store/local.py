@@ -24,8 +24,10 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
@@ -35,6 +37,7 @@ from store.base import BlockStore, LogRecord, StoreStats
 from store.block import Block, BlockType
 from store.cache import BlockCache
 from store.errors import BlockNotFound, CorruptBlock, StoreClosed, StoreError, StoreLocked
+from store.logscan import Bad, Good, scan_segment
 from store.score import Score, format_score, score_of
 from store.segment import (
     CODEC_RAW,
@@ -60,6 +63,8 @@ _META_INDEXED_TO = b"indexed_to"
 _META_BLOCKS = b"blocks"
 _META_STORED = b"stored_bytes"
 _META_LOGICAL = b"logical_bytes"
+_COMPLETE = "COMPLETE"  # in index.new: the rebuilt index is whole and may be swapped in
+_MDB_MAGIC = 0xBEEFC0DE
 
 
 def _u64(n: int) -> bytes:
@@ -84,6 +89,7 @@ class LocalStore(BlockStore):
         segment_size: int,
         cache_bytes: int,
         compress_level: int,
+        rebuild: bool = False,
     ) -> None:
         self.path = path
         self.readonly = readonly
@@ -105,26 +111,52 @@ class LocalStore(BlockStore):
         self._append_fd = -1
         self._cur_start = 0
         self._cur_size = 0
+        self.last_rebuild: RebuildReport | None = None
+        self._env: lmdb.Environment = None  # type: ignore[assignment]  # set by _open_index
+        if rebuild and readonly:
+            raise StoreError(f"store {path}: a read-only open cannot rebuild the index")
         if not readonly:
             self._take_lock()
         try:
-            self._env = _open_env(
-                str(path / "index"),
-                map_size=1 << 40,
-                max_dbs=4,
-                readonly=readonly,
-                readahead=False,
-                subdir=True,
-            )
-            self._db = self._env.open_db(b"blocks", create=not readonly)
-            self._meta = self._env.open_db(b"meta", create=not readonly)
+            if not readonly:
+                self._finish_swap()
             self._load_segments()
+            if rebuild:
+                self.last_rebuild = self._rebuild_aside()
+            self._open_index()
             self._load_meta()
             if not readonly:
                 self._recover()
         except BaseException:
             self._release()
             raise
+
+    def _open_index(self) -> None:
+        """Open the LMDB index, refusing a data.mdb that would crash the process.
+
+        LMDB maps the file and trusts it: a data.mdb shorter than its own meta page says
+        (truncated, partly zeroed) makes the first read past the end a SIGBUS, which no
+        exception handler catches. So the file's meta pages are checked before mapping."""
+        where = self.path / "index"
+        why = _index_file_problem(where / "data.mdb")
+        if why is not None:
+            raise StoreError(
+                f"the store index {where} is damaged ({why}); run `grid store check --rebuild` "
+                "to recreate it from the log"
+            )
+        self._env = _open_env(
+            str(where), map_size=1 << 40, max_dbs=4, readonly=self.readonly, readahead=False, subdir=True
+        )
+        try:
+            self._db = self._env.open_db(b"blocks", create=not self.readonly)
+            self._meta = self._env.open_db(b"meta", create=not self.readonly)
+        except lmdb.Error as e:
+            self._env.close()
+            self._env = None  # type: ignore[assignment]
+            raise StoreError(
+                f"the store index {where} is unreadable ({e}); run `grid store check --rebuild` "
+                "to recreate it from the log"
+            ) from None
 
     # -- construction ----------------------------------------------------------------------
 
@@ -164,7 +196,11 @@ class LocalStore(BlockStore):
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         cache_bytes: int = 16 << 20,
         compress_level: int = 3,
+        rebuild: bool = False,
     ) -> LocalStore:
+        """Open the store at *path*. With *rebuild* (writer only), first recreate the index
+        from the log beside the old one and swap it in (see ``rebuild_index``); the old
+        index is never opened, so a damaged one cannot stop the rebuild."""
         p = Path(path)
         fmt = p / "FORMAT"
         if not fmt.is_file():
@@ -177,6 +213,7 @@ class LocalStore(BlockStore):
             segment_size=segment_size,
             cache_bytes=cache_bytes,
             compress_level=compress_level,
+            rebuild=rebuild,
         )
 
     def _take_lock(self) -> None:
@@ -203,7 +240,7 @@ class LocalStore(BlockStore):
         if self._append_fd >= 0:
             os.close(self._append_fd)
             self._append_fd = -1
-        if getattr(self, "_env", None) is not None:
+        if self._env is not None:
             self._env.close()
             self._env = None  # type: ignore[assignment]
         if self._lock_fd is not None:
@@ -258,27 +295,36 @@ class LocalStore(BlockStore):
     # -- recovery ------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Index the log beyond ``indexed_to``; drop a torn tail in the last segment."""
+        """Index the log beyond ``indexed_to``; move a torn tail of the last segment aside."""
         end = self.position()
         if self._indexed_to > end:
             raise StoreError(
-                f"store {self.path}: index covers log position {self._indexed_to} but the log "
-                f"ends at {end}; run `grid store check --rebuild`"
+                f"store {self.path}: the index covers log position {self._indexed_to} but the "
+                f"log ends at {end} (a segment was truncated or removed); "
+                "run `grid store check --rebuild`"
             )
         added = self._index_log_from(self._indexed_to)
         if added:
             log.info("store %s: re-indexed %d record(s) from the log tail", self.path, added)
 
     def _index_log_from(self, start: int) -> int:
-        """Verify and index every record from *start* that the index lacks, truncate a torn
-        tail, then sync. Returns how many records were added."""
+        """Verify and index every record from *start* that the index lacks, then sync.
+
+        Damage followed by valid records is skipped and logged, never cut (docs/store.md,
+        "Recovery"); a torn tail of the last segment is moved to ``quarantine/`` and cut
+        off. Returns how many records were added."""
         added = 0
-        for pos, hdr, ok in self._scan(start, verify=True, tolerate_tail=True):
-            if not ok:
-                self._truncate_tail(pos)
-                break
+        last = self._starts[-1]
+        for seg, item in self._scan_log(start):
+            if isinstance(item, Bad):
+                if item.torn and seg == last:
+                    self._cut_tail(item)
+                    break
+                log.warning("store %s: %s", self.path, describe_bad(item, self._seg_path(seg).name))
+                continue
+            hdr = item.header
             if hdr.score not in self._pending and self._index_get(hdr.score) is None:
-                self._pending[hdr.score] = Location(pos, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
+                self._pending[hdr.score] = Location(item.position, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
                 self._blocks += 1
                 self._stored += hdr.total_len
                 self._logical += hdr.raw_len
@@ -287,79 +333,48 @@ class LocalStore(BlockStore):
         self.sync()
         return added
 
-    def _truncate_tail(self, rec_pos: int) -> None:
+    def _cut_tail(self, bad: Bad) -> None:
+        """Move a torn tail of the last segment to quarantine/, then truncate it off."""
         start = self._starts[-1]
-        off = rec_pos - start
-        dropped = self._cur_size - off
-        log.warning("store %s: dropping a torn record at %d (%d bytes)", self.path, rec_pos, dropped)
+        off = bad.position - start
+        kept = _quarantine(self.path, self._seg_path(start), off, bad.length)
+        log.warning(
+            "store %s: a torn record at %d (%d bytes: %s) was cut off the log; its bytes are in %s",
+            self.path, bad.position, bad.length, bad.reason, kept,
+        )
         os.ftruncate(self._append_fd, off)
         os.fsync(self._append_fd)
         self._cur_size = off
 
-    def _scan(self, start: int, *, verify: bool, tolerate_tail: bool) -> Iterator[tuple[int, RecordHeader | None, bool]]:
-        """Yield (position, header, ok) for records from *start*; see iter_log for the reader."""
-        for pos, hdr, payload, err in self._records(start):
-            if err is not None:
-                last_seg = self._segment_of(pos) == self._starts[-1]
-                if tolerate_tail and last_seg:
-                    yield pos, None, False
-                    return
-                raise CorruptBlock(
-                    hdr.score if hdr is not None else bytes(32),
-                    f"segment {self._seg_path(self._segment_of(pos)).name} at {pos}",
-                    err,
-                )
-            if verify:
-                try:
-                    data = self._decode_payload(hdr, payload)
-                    ok = score_of(hdr.type, data) == hdr.score
-                except CorruptBlock:
-                    ok = False
-                if not ok:
-                    if tolerate_tail and self._segment_of(pos) == self._starts[-1]:
-                        yield pos, hdr, False
-                        return
-                    raise CorruptBlock(
-                        hdr.score, f"segment {self._seg_path(self._segment_of(pos)).name} at {pos}"
-                    )
-            yield pos, hdr, True
-
-    def _records(self, start: int) -> Iterator[tuple[int, RecordHeader | None, bytes, str | None]]:
-        """Raw records from log position *start*: (pos, header|None, stored payload, error)."""
+    def _scan_log(self, start: int, end: int | None = None) -> Iterator[tuple[int, Good | Bad]]:
+        """(segment start, Good or Bad) for the whole log from *start* up to *end* (default:
+        its current end); see store.logscan."""
         with self._wlock:
             starts = list(self._starts)
             cur_start, cur_size = self._cur_start, self._cur_size
         i = max(0, bisect.bisect_right(starts, start) - 1)
         for seg_start in starts[i:]:
+            if end is not None and seg_start >= end:
+                return
             path = self._seg_path(seg_start)
-            end = cur_size if seg_start == cur_start else os.path.getsize(path)
-            with open(path, "rb", buffering=1 << 20) as f:
+            try:
+                f = open(path, "rb", buffering=1 << 20)  # noqa: SIM115
+            except FileNotFoundError:
+                yield seg_start, Bad(seg_start, 0, None, f"segment file {path.name} is missing", torn=False)
+                continue
+            with f:
+                size = cur_size if (seg_start == cur_start and not self.readonly) else os.fstat(f.fileno()).st_size
+                if end is not None:
+                    size = min(size, end - seg_start)
                 head = f.read(SEGMENT_HEADER_SIZE)
                 try:
                     if decode_segment_header(head) != seg_start:
                         raise BadRecord("segment header names another start")
                 except BadRecord as e:
-                    yield seg_start, None, b"", f"segment {path.name}: {e}"
-                    return
-                off = max(SEGMENT_HEADER_SIZE, start - seg_start)
-                f.seek(off)
-                while off < end:
-                    pos = seg_start + off
-                    raw = f.read(RECORD_HEADER_SIZE)
-                    if len(raw) < RECORD_HEADER_SIZE or off + RECORD_HEADER_SIZE > end:
-                        yield pos, None, b"", "record header truncated"
-                        return
-                    try:
-                        hdr = decode_record_header(raw)
-                    except BadRecord as e:
-                        yield pos, None, b"", str(e)
-                        return
-                    payload = f.read(hdr.stored_len)
-                    if len(payload) < hdr.stored_len or off + hdr.total_len > end:
-                        yield pos, hdr, b"", "record payload truncated"
-                        return
-                    yield pos, hdr, payload, None
-                    off += hdr.total_len
+                    # Records are still found by resynchronising past the damaged header.
+                    yield seg_start, Bad(seg_start, SEGMENT_HEADER_SIZE, None, f"segment header: {e}", torn=False)
+                first = max(SEGMENT_HEADER_SIZE, start - seg_start)
+                yield from ((seg_start, it) for it in scan_segment(f, seg_start, first, size, self._decode_payload))
 
     def _segment_of(self, pos: int) -> int:
         i = bisect.bisect_right(self._starts, pos) - 1
@@ -372,8 +387,14 @@ class LocalStore(BlockStore):
             raise StoreClosed(f"store {self.path} is closed")
 
     def _index_get(self, score: bytes) -> Location | None:
-        with self._env.begin(db=self._db) as txn:
-            v = txn.get(score)
+        try:
+            with self._env.begin(db=self._db) as txn:
+                v = txn.get(score)
+        except lmdb.Error as e:
+            raise StoreError(
+                f"the store index {self.path / 'index'} is damaged ({e}); "
+                "run `grid store check --rebuild` to recreate it from the log"
+            ) from None
         return Location.unpack(v) if v is not None else None
 
     def _locate(self, score: bytes) -> Location | None:
@@ -556,71 +577,219 @@ class LocalStore(BlockStore):
             return self._cur_start + self._cur_size
 
     def iter_log(self, start: int = 0) -> Iterator[LogRecord]:
-        """Verified records from *start*; a corrupt record raises CorruptBlock naming it."""
+        """Verified records from *start*; a damaged record raises CorruptBlock naming it.
+
+        It raises rather than skips because its users (replication) must not pretend the log
+        is whole: a skipped block would break closure on the peer. A read-only reader stops
+        quietly at a torn end of the last segment, where the writer may be mid-append."""
         self._check_open()
-        for pos, hdr, payload, err in self._records(start):
-            if err is not None:
-                if self.readonly and self._segment_of(pos) == self._starts[-1]:
-                    return  # the writer is mid-append
+        last = self._starts[-1]
+        for seg, item in self._scan_log(start):
+            if isinstance(item, Bad):
+                if item.torn and seg == last and self.readonly:
+                    return
                 raise CorruptBlock(
-                    hdr.score if hdr is not None else bytes(32),
-                    f"segment {self._seg_path(self._segment_of(pos)).name} at {pos}",
-                    err,
+                    item.score if item.score is not None else bytes(32),
+                    f"segment {self._seg_path(seg).name} at {item.position}",
+                    item.reason,
                 )
-            where = f"segment {self._seg_path(self._segment_of(pos)).name} at {pos}"
-            try:
-                data = self._decode_payload(hdr, payload)
-            except CorruptBlock as e:
-                raise CorruptBlock(hdr.score, where, str(e)) from None
-            if score_of(hdr.type, data) != hdr.score:
-                raise CorruptBlock(hdr.score, where)
-            yield LogRecord(pos, pos + hdr.total_len, Score(hdr.score), BlockType(hdr.type), data)
+            hdr = item.header
+            yield LogRecord(item.position, item.position + hdr.total_len, Score(hdr.score), BlockType(hdr.type), item.data)
 
     # -- maintenance ------------------------------------------------------------------------
 
-    def check(self, progress: object = None) -> CheckReport:
-        """Verify every record of the log and every index entry against it."""
+    def check(self, progress: Callable[[int], None] | None = None) -> CheckReport:
+        """Read every record of every segment, verify each, and compare with the index.
+
+        Damage never stops the reader (store.logscan resynchronises), so the report names
+        exactly the bad records and nothing else. A read-only check (the writer may be
+        running) reads the index in one LMDB snapshot and the log only up to the position
+        that snapshot covers, so records the writer has not committed yet are not
+        mistaken for problems."""
         self._check_open()
+        if not self.readonly:
+            self.sync()
         report = CheckReport()
         seen: set[bytes] = set()
-        try:
-            for rec in self.iter_log(0):
+        matched: set[bytes] = set()
+        bad_regions: list[Bad] = []
+        with self._env.begin() as txn:
+            raw = txn.get(_META_INDEXED_TO, db=self._meta)
+            committed = int.from_bytes(raw, "big") if raw is not None else 0
+            end = self.position()
+            if self.readonly and committed < end:
+                report.unchecked_bytes = end - committed
+                end = committed
+            for seg, item in self._scan_log(0, end):
+                name = self._seg_path(seg).name
+                segrep = report.segments.setdefault(name, SegmentReport(name))
+                if isinstance(item, Bad):
+                    segrep.bad.append(item)
+                    bad_regions.append(item)
+                    report.errors.append(describe_bad(item, name))
+                    if progress is not None:
+                        progress(item.end)
+                    continue
+                hdr = item.header
+                segrep.records += 1
                 report.records += 1
-                report.bytes += len(rec.data)
-                seen.add(rec.score)
-                loc = self._locate(rec.score)
-                if loc is None:
-                    report.errors.append(f"{format_score(rec.score)} at {rec.position}: not in the index")
+                report.bytes += hdr.raw_len
+                seen.add(hdr.score)
+                v = txn.get(hdr.score, db=self._db)
+                if v is None:
+                    if hdr.score not in self._pending:
+                        report.errors.append(
+                            f"{format_score(hdr.score)} at {item.position} in {name}: not in the index"
+                        )
+                elif Location.unpack(v).position == item.position:
+                    matched.add(hdr.score)
                 if progress is not None:
-                    progress(rec.next_position)  # type: ignore[operator]
-        except CorruptBlock as e:
-            report.errors.append(str(e))
-        with self._env.begin(db=self._db) as txn:
-            for key, val in txn.cursor():
+                    progress(item.position + hdr.total_len)
+            for key, val in txn.cursor(db=self._db):
                 report.index_entries += 1
-                if key not in seen:
-                    loc = Location.unpack(val)
+                if key in matched:
+                    continue
+                pos = Location.unpack(val).position
+                if any(b.position <= pos < b.end for b in bad_regions):
+                    report.lost.add(key)  # the damaged region already reported holds it
+                elif key not in seen:
                     report.errors.append(
-                        f"{format_score(key)}: index points at {loc.position}, where no such record is"
+                        f"{format_score(key)}: the index points at {pos}, where no such record is"
                     )
+        report.lost |= {b.score for b in bad_regions if b.score is not None} - seen
         report.blocks = len(seen)
         return report
 
-    def rebuild_index(self) -> int:
-        """Recreate the index from the log alone (``grid store check --rebuild``)."""
+    def rebuild_index(self) -> RebuildReport:
+        """Recreate the index from the log alone (``grid store check --rebuild``).
+
+        The new index is built beside the old one (``index.new``) and swapped in only when
+        complete, so a rebuild that fails, or is killed, leaves the old index as it was."""
         self._check_open()
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only")
-        with self._sync_lock, self._wlock:
-            self._pending.clear()
-            with self._env.begin(write=True) as txn:
-                txn.drop(self._db, delete=False)
-                txn.drop(self._meta, delete=False)
-            self._indexed_to = 0
-            self._blocks = self._stored = self._logical = 0
-            self._cache = BlockCache(self._cache.max_bytes)
-        self._index_log_from(0)
-        return self._blocks
+        self.sync()
+        with self._sync_lock:
+            self._env.close()
+            self._env = None  # type: ignore[assignment]
+            try:
+                rep = self._rebuild_aside()
+            finally:
+                self._open_index()
+            with self._wlock:
+                self._pending.clear()
+                self._cache = BlockCache(self._cache.max_bytes)
+            self._load_meta()
+        self.last_rebuild = rep
+        return rep
+
+    def _rebuild_aside(self) -> RebuildReport:
+        """Scan the whole log into a new LMDB environment ``index.new``, then swap it in.
+
+        Bad records are skipped (everything that verifies is kept); a torn tail of the last
+        segment is moved to ``quarantine/`` and cut off; the index's ``indexed_to`` is the
+        end of the log as it then stands, never more."""
+        new = self.path / "index.new"
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir()
+        rep = RebuildReport()
+        # Durability comes from the explicit env.sync() before the swap, not per commit.
+        env = lmdb.open(str(new), map_size=1 << 40, max_dbs=4, subdir=True, sync=False, metasync=False)
+        try:
+            db = env.open_db(b"blocks")
+            meta = env.open_db(b"meta")
+            last = self._starts[-1]
+            txn = env.begin(write=True)
+            try:
+                n = 0
+                for seg, item in self._scan_log(0):
+                    if isinstance(item, Bad):
+                        if item.torn and seg == last:
+                            rep.cut.append((item, self._cut_tail_kept(item)))
+                            break
+                        rep.bad.append((self._seg_path(seg).name, item))
+                        continue
+                    hdr = item.header
+                    rep.records += 1
+                    loc = Location(item.position, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
+                    if txn.put(hdr.score, loc.pack(), db=db, overwrite=False):
+                        rep.blocks += 1
+                        rep.stored_bytes += hdr.total_len
+                        rep.logical_bytes += hdr.raw_len
+                    n += 1
+                    if n % 50_000 == 0:
+                        txn.commit()
+                        txn = env.begin(write=True)
+                end = self._cur_start + self._cur_size
+                rep.missing = self._old_index_missing(txn, db)
+                txn.put(_META_INDEXED_TO, _u64(end), db=meta)
+                txn.put(_META_BLOCKS, _u64(rep.blocks), db=meta)
+                txn.put(_META_STORED, _u64(rep.stored_bytes), db=meta)
+                txn.put(_META_LOGICAL, _u64(rep.logical_bytes), db=meta)
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+            env.sync(True)
+        except BaseException:
+            env.close()
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        env.close()
+        (new / _COMPLETE).write_bytes(b"")
+        _fsync_dir(new)
+        self._swap_index()
+        return rep
+
+    def _old_index_missing(self, txn: lmdb.Transaction, db: object) -> int:
+        """How many blocks the old index lists that the rebuilt one lacks (0 when the old
+        index is gone or unreadable): a rebuild must not call a loss ok."""
+        where = self.path / "index"
+        if not (where / "data.mdb").exists() or _index_file_problem(where / "data.mdb") is not None:
+            return 0
+        try:
+            old = lmdb.open(str(where), max_dbs=4, readonly=True, lock=False, subdir=True)
+        except lmdb.Error:
+            return 0
+        missing = 0
+        try:
+            with old.begin() as otxn:
+                for key, _ in otxn.cursor(db=old.open_db(b"blocks", txn=otxn, create=False)):
+                    if txn.get(key, db=db) is None:
+                        missing += 1
+        except lmdb.Error:
+            return 0
+        finally:
+            old.close()
+        return missing
+
+    def _cut_tail_kept(self, bad: Bad) -> str:
+        self._cut_tail(bad)
+        return str(_quarantine_path(self.path, self._seg_path(self._starts[-1]), bad.position - self._starts[-1]))
+
+    def _swap_index(self) -> None:
+        """index.new (complete) becomes index; crash-safe with _finish_swap at the next open."""
+        idx, new, old = self.path / "index", self.path / "index.new", self.path / "index.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if idx.exists():
+            os.rename(idx, old)
+        os.rename(new, idx)
+        _fsync_dir(self.path)
+        os.unlink(idx / _COMPLETE)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _finish_swap(self) -> None:
+        """Complete or discard a swap a killed rebuild left (writer only, under the lock)."""
+        idx, new, old = self.path / "index", self.path / "index.new", self.path / "index.old"
+        if new.exists():
+            if (new / _COMPLETE).exists() and not idx.exists():
+                os.rename(new, idx)
+                _fsync_dir(self.path)
+                os.unlink(idx / _COMPLETE)
+            else:  # an unfinished rebuild: the old index stands
+                shutil.rmtree(new, ignore_errors=True)
+        if old.exists() and idx.exists():
+            shutil.rmtree(old, ignore_errors=True)
 
     def statistics(self) -> StoreStats:
         return StoreStats(
@@ -648,19 +817,119 @@ class LocalStore(BlockStore):
             self._release()
 
 
-class CheckReport:
-    """What ``check`` found: counts and a list of problems, each naming a score or position."""
+@dataclass
+class SegmentReport:
+    """One segment's part of a check: records that verify and damaged regions."""
 
-    def __init__(self) -> None:
-        self.records = 0
-        self.blocks = 0
-        self.bytes = 0
-        self.index_entries = 0
-        self.errors: list[str] = []
+    name: str
+    records: int = 0
+    bad: list[Bad] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found: counts, damaged regions per segment, and every problem as a line
+    naming a score or a position."""
+
+    records: int = 0
+    blocks: int = 0
+    bytes: int = 0
+    index_entries: int = 0
+    unchecked_bytes: int = 0  # past what the index has committed (a running writer's tail)
+    errors: list[str] = field(default_factory=list)
+    segments: dict[str, SegmentReport] = field(default_factory=dict)
+    lost: set[bytes] = field(default_factory=set)  # blocks whose only record is damaged
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def bad_records(self) -> int:
+        return sum(len(s.bad) for s in self.segments.values())
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild kept and what it skipped: bad records stay in the log (reported, for
+    ``check`` and a later repair); a torn tail is cut, its bytes kept in quarantine/."""
+
+    records: int = 0
+    blocks: int = 0
+    stored_bytes: int = 0
+    logical_bytes: int = 0
+    bad: list[tuple[str, Bad]] = field(default_factory=list)
+    cut: list[tuple[Bad, str]] = field(default_factory=list)
+    missing: int = 0  # blocks the old index listed that no record in the log now holds
+
+
+def describe_bad(bad: Bad, segment: str) -> str:
+    """One line for a damaged region: where, how long, which block if known, why."""
+    what = f"block {format_score(bad.score)}" if bad.score is not None else "a record"
+    return (
+        f"{segment} at {bad.position}: {what} is damaged ({bad.reason}); "
+        f"{bad.length} bytes skipped{' (torn end of the segment)' if bad.torn else ''}"
+    )
+
+
+def _quarantine_path(store: Path, seg: Path, off: int) -> Path:
+    return store / "quarantine" / f"{seg.stem}.{off:012x}.tail"
+
+
+def _quarantine(store: Path, seg: Path, off: int, length: int) -> Path:
+    """Copy *length* bytes of *seg* at *off* to quarantine/ and make the copy durable before
+    anyone cuts them from the log: repair never deletes bytes (docs/store.md)."""
+    dest = _quarantine_path(store, seg, off)
+    dest.parent.mkdir(exist_ok=True)
+    with open(seg, "rb") as src, open(dest, "wb") as out:
+        src.seek(off)
+        remaining = length
+        while remaining > 0:
+            chunk = src.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            out.write(chunk)
+            remaining -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def _index_file_problem(data: Path) -> str | None:
+    """Why LMDB must not map *data* (a data.mdb), or None when its meta pages look sound.
+
+    The two meta pages at the start say the page size and the last page in use; the file
+    must hold every page the newer valid meta names. Offsets are LMDB's on-disk layout
+    (page header 16 bytes, then MDB_meta: magic, version, address, mapsize, two MDB_db
+    records, last page, txnid)."""
+    try:
+        size = os.stat(data).st_size
+    except FileNotFoundError:
+        return None  # a writer creates it; a reader gets LMDB's own clean error
+    if size == 0:
+        return "data.mdb is empty"
+    with open(data, "rb") as f:
+        head = f.read(2 * 65536)
+    metas = []
+    psize = int.from_bytes(head[40:44], "little") if len(head) >= 44 else 0
+    if psize < 512 or psize > 65536 or psize & (psize - 1):
+        return "data.mdb has no valid meta page"
+    if size < 2 * psize:
+        return f"data.mdb is {size} bytes, shorter than its two meta pages"
+    for page in (0, 1):
+        m = head[page * psize : page * psize + 152]
+        if len(m) < 152 or int.from_bytes(m[16:20], "little") != _MDB_MAGIC:
+            continue
+        last_pg = int.from_bytes(m[136:144], "little")
+        txnid = int.from_bytes(m[144:152], "little")
+        metas.append((txnid, last_pg))
+    if not metas:
+        return "data.mdb has no valid meta page"
+    _txnid, last_pg = max(metas)
+    if size < (last_pg + 1) * psize:
+        return f"data.mdb is {size} bytes but its pages reach {(last_pg + 1) * psize}"
+    return None
 
 
 class _Where:
@@ -679,7 +948,11 @@ def _open_env(path: str, **kw: object) -> lmdb.Environment:
     try:
         return lmdb.open(path, **kw)  # type: ignore[arg-type]
     except lmdb.Error as e:
-        raise StoreError(f"cannot open the store index {path}: {e}") from None
+        why = str(e).removeprefix(f"{path}: ")
+        raise StoreError(
+            f"cannot open the store index {path} ({why}); run `grid store check --rebuild` "
+            "to recreate it from the log"
+        ) from None
 
 
 def _write_all(fd: int, *parts: bytes) -> None:

@@ -90,7 +90,7 @@ def run_import(args: argparse.Namespace) -> int:
     from grid.storeopen import open_store
     from ndb.names import NameDB
     from ndb.users import UserDB
-    from ndb.values import check_name
+    from ndb.values import check_new_name
     from spawn.archive import Archive
     from spawn.filescache import FilesCache
     from spawn.importer import Importer
@@ -101,7 +101,7 @@ def run_import(args: argparse.Namespace) -> int:
     if args.user and os.getuid() != 0 and args.user != _me():
         raise UserError("import", f"only root may record names for another user ({args.user})")
     try:
-        check_name(args.name)
+        check_new_name(args.name)
     except ValueError as e:
         raise UserError(f"name {args.name!r}", str(e)) from None
     if not os.path.isdir(args.dir):
@@ -159,6 +159,35 @@ def run_import(args: argparse.Namespace) -> int:
     return 1 if s.skipped else 0
 
 
+def _archive_errors(run):
+    """Every way a malformed archive can fail becomes one line, ``grid: CMD REF: why``.
+
+    Blocks that pass closure can come from any peer, so ls, cat, export and diff meet
+    hostile archives; spawn.archive turns decode failures into BadArchive, and this is the
+    net for the rest (a bound no decoder checked, a cycle met by recursion)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        from grid.errors import UserError
+        from spawn.archive import BadArchive
+        from spawn.export import ExportError
+
+        what = f"{args.command} {getattr(args, 'ref', None) or getattr(args, 'a', '')}".strip()
+        try:
+            return run(args)
+        except (BadArchive, ExportError) as e:
+            raise UserError(what, _one_line(str(e))) from None
+        except (ValueError, LookupError, OverflowError, RecursionError) as e:
+            raise UserError(what, f"the archive is malformed: {_one_line(str(e)) or type(e).__name__}") from None
+
+    return wrapped
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.replace("\n", " ").split()).strip("'\"")
+
+
 def _open_archive(args: argparse.Namespace, text: str):
     from grid.home import find_home
     from grid.refs import resolve, split_path
@@ -185,6 +214,7 @@ def _lookup(archive, path: str, what: str) -> int:
         raise UserError(what, str(e).strip("'\"")) from None
 
 
+@_archive_errors
 def run_export(args: argparse.Namespace) -> int:
     import sys
 
@@ -209,6 +239,7 @@ def _fmt_time(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
 
 
+@_archive_errors
 def run_ls(args: argparse.Namespace) -> int:
     import json
     import os
@@ -241,6 +272,7 @@ def run_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+@_archive_errors
 def run_cat(args: argparse.Namespace) -> int:
     import sys
 
@@ -259,6 +291,7 @@ def run_cat(args: argparse.Namespace) -> int:
     return 0
 
 
+@_archive_errors
 def run_diff(args: argparse.Namespace) -> int:
     import json
     import os

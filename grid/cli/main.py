@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"grid: {args.command}: {exc}", file=sys.stderr)
             return 1
         if isinstance(exc, OSError) and exc.filename is not None:
-            print(f"grid: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            import os
+
+            print(f"grid: {os.fsdecode(exc.filename)}: {exc.strerror}", file=sys.stderr)
             return 1
         raise
     return int(code or 0)

@@ -128,37 +128,77 @@ def run_stat(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Verify the whole log and the index; with --rebuild, first recreate the index.
+
+    The rebuild opens the store with ``rebuild=True``, so the old index is never mapped (a
+    damaged data.mdb cannot stop it) and is replaced only once the new one is complete.
+    The exit status is 0 only when nothing is damaged: a rebuild that had to skip records
+    says so and exits 1, even though it kept everything that verifies."""
     import json
     import sys
 
     from grid.progress import Progress
+    from store.local import describe_bad
+    from store.score import format_score
 
+    notes: list[str] = []
+    lost_by_rebuild = 0
     if args.rebuild:  # only the store's own process may rebuild: not through the daemon
         from grid.home import find_home
         from store.local import LocalStore
 
-        opened = LocalStore.open(find_home(args.home).store)
+        opened = LocalStore.open(find_home(args.home).store, rebuild=True)
+        rep = opened.last_rebuild
+        assert rep is not None
+        lost_by_rebuild = rep.missing
+        for bad, kept in rep.cut:
+            notes.append(f"a torn end of the log at {bad.position} ({bad.length} bytes: {bad.reason}) "
+                         f"was cut off; its bytes are kept in {kept}")
+        if rep.missing:
+            notes.append(f"{rep.missing} block(s) the old index listed are in no readable record of "
+                         "the log (lost unless a peer holds them)")
+        print(f"grid: store check: index rebuilt from the log: {rep.blocks} blocks from {rep.records} "
+              f"records, {len(rep.bad)} damaged record(s) skipped", file=sys.stderr)
     else:
         opened = _open(args, readonly=True)
-    with opened as store:
-        if args.rebuild:
-            n = store.rebuild_index()
-            print(f"index rebuilt from the log: {n} blocks", file=sys.stderr)
-        with Progress("check", store.position()) as bar:
-            last = [0]
+    with opened as store, Progress("check", store.position()) as bar:
+        last = [0]
 
-            def tick(pos: int) -> None:
-                bar.update(pos - last[0])
-                last[0] = pos
+        def tick(pos: int) -> None:
+            bar.update(pos - last[0])
+            last[0] = pos
 
-            report = store.check(progress=tick)
+        report = store.check(progress=tick)
     if args.json:
-        print(json.dumps({"ok": report.ok, "records": report.records, "blocks": report.blocks,
-                          "index_entries": report.index_entries, "errors": report.errors}))
+        print(json.dumps({
+            "ok": report.ok and not lost_by_rebuild, "lost_by_rebuild": lost_by_rebuild, "records": report.records, "blocks": report.blocks,
+            "index_entries": report.index_entries, "bad_records": report.bad_records,
+            "lost_blocks": sorted(format_score(x) for x in report.lost),
+            "unchecked_bytes": report.unchecked_bytes, "notes": notes, "errors": report.errors,
+            "segments": [
+                {"segment": seg.name, "records": seg.records,
+                 "bad": [{"position": b.position, "length": b.length, "reason": b.reason,
+                          "score": format_score(b.score) if b.score is not None else None,
+                          "torn": b.torn} for b in seg.bad]}
+                for seg in report.segments.values()
+            ],
+        }))
     else:
+        for seg in report.segments.values():
+            for b in seg.bad:
+                print(f"grid: store check: {describe_bad(b, seg.name)}", file=sys.stderr)
         for e in report.errors:
-            print(f"grid: store check: {e}", file=sys.stderr)
-        state = "ok" if report.ok else f"{len(report.errors)} problem(s)"
-        print(f"check: {report.records} records, {report.blocks} blocks, "
-              f"{report.index_entries} index entries: {state}")
-    return 0 if report.ok else 1
+            if " is damaged (" not in e:  # the damaged regions were printed per segment above
+                print(f"grid: store check: {e}", file=sys.stderr)
+        for x in sorted(report.lost):
+            print(f"grid: store check: block {format_score(x)} is lost (its only record is damaged)",
+                  file=sys.stderr)
+        for n in notes:
+            print(f"grid: store check: {n}", file=sys.stderr)
+        if report.unchecked_bytes:
+            print(f"grid: store check: {report.unchecked_bytes} bytes past the index's last commit "
+                  "(the running writer's tail) were not checked", file=sys.stderr)
+        state = "ok" if report.ok and not lost_by_rebuild else f"{len(report.errors) + lost_by_rebuild} problem(s)"
+        print(f"check: {report.records} records, {report.blocks} blocks, {report.index_entries} index "
+              f"entries, {report.bad_records} damaged record(s), {len(report.lost)} block(s) lost: {state}")
+    return 0 if report.ok and not lost_by_rebuild else 1

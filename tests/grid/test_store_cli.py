@@ -66,7 +66,7 @@ def test_check_finds_corruption(home, tmp_path):
         fh.write(b"\x00\xff\x00")
     p = grid(home, "store", "check", check=False)
     assert p.returncode == 1
-    assert b"fails verification" in p.stderr
+    assert b"is damaged (payload does not hash to the record's score)" in p.stderr
 
 
 def test_help_has_examples(home):

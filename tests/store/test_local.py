@@ -186,7 +186,7 @@ def test_rebuild_index_from_log(tmp_path):
     with LocalStore.open(tmp_path / "s", segment_size=128 << 10) as s:
         # Opening re-indexes the whole log as its tail.
         assert {x for x, _ in walk(s, ref.score)} == before
-        n = s.rebuild_index()
+        n = s.rebuild_index().blocks
         assert n == len(before)
         assert s.check().ok
 
