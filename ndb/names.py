@@ -528,6 +528,14 @@ class NameDB:
             "acl": current.acl,
         }
 
+    def check_write(self, name: str, caller: access.Caller) -> None:
+        """NdbPermission unless *caller* may save over *name* (anyone may make a new name).
+        For refusing early; ``set(..., caller=)`` checks again under the lock."""
+        check_name(name)
+        current = self.latest(name)
+        if current is not None:
+            self._may_write(current, caller)
+
     @staticmethod
     def _may_write(current: NameRecord, caller: access.Caller) -> None:
         if access.may_write(current, caller):

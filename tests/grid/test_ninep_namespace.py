@@ -39,6 +39,8 @@ def env() -> Iterator[Env]:
         os.chmod(src / "hello", 0o644)
         n.grid("import", str(src), "proj")
         n.grid("import", str(src), "other")
+        for name in ("proj", "other"):  # new names are private to their owner
+            n.grid("name", "chmod", "0644", name)
         for u in (alice, bob):
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.start()

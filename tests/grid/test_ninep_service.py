@@ -48,6 +48,7 @@ def env() -> Iterator[Env]:
         (src / "hello").write_text("hi\n")
         os.chmod(src / "hello", 0o644)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         for u in (alice, bob):
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.grid("user", "add", "gridtest-carol")  # a certificate, but no uid on this node

@@ -43,6 +43,7 @@ def env() -> Iterator[Env]:
         for p in (src / "hello", src / "sub" / "big"):
             os.chmod(p, 0o644)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         n.grid("user", "add", alice.name, "--uid", str(alice.uid))
         port = free_port()
         n.start("--9p", f"127.0.0.1:{port}")
