@@ -439,7 +439,8 @@ class NameDB:
     ) -> NameRecord:
         """Append a record of *name* with its latest score and prev, *change*'s attributes
         over its permissions, written by *caller*; under the lock, so a concurrent save is
-        neither lost nor undone. Nothing is written when *change* raises or changes nothing."""
+        neither lost nor undone. Nothing is written when *change* raises or changes nothing
+        (the latest record is returned then)."""
         check_name(name)
         self._check_user(caller.user)
         with self.file.locked() as f:
@@ -452,8 +453,10 @@ class NameDB:
                     f"only the owner of name {name!r} ({access.owner_of(current)}) or root "
                     "may change its permissions",
                 )
-            perms = self._perms(current, current.user)
-            perms.update(change(current))
+            before = self._perms(current, current.user)
+            perms = before | change(current)
+            if perms == before and current.owner is not None and current.mode is not None:
+                return current  # nothing to change (a record from before owners is written out)
             record = NameRecord(
                 name=name, score=current.score, user=caller.user,
                 date=self._date_after(None, current), prev=current.prev, **perms,

@@ -48,12 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     n = sub.add_parser(
         "name",
         help="get, set or delete one name",
-        description="Resolve, set or delete a name in the score-name database.",
+        description=(
+            "Resolve, set or delete a name in the score-name database, or change who may\n"
+            "read and write it (names are private to their owner until shared)."
+        ),
         epilog=(
             "examples:\n"
             "  grid name get myproject\n"
             "  grid name set myproject blake3:<64 hex digits>\n"
-            "  grid name rm myproject"
+            "  grid name rm myproject\n"
+            "  grid name chmod 0644 myproject\n"
+            "  grid name share myproject bob"
         ),
         formatter_class=_RAW,
     )

@@ -221,3 +221,11 @@ def test_permissions_merge_as_records(db, tmp_path):
     other.merge_from(db.all())
     assert other.latest("p").mode == 0o644 and other.latest("p").owner == "alice"
     assert NameSet.of(other.all()) == NameSet.of(db.all())
+
+
+def test_a_change_that_changes_nothing_writes_nothing(db):
+    db.set("p", S1, "alice", mode=0o640)
+    before = db.file.path.read_bytes()
+    assert db.chmod("p", "0640", ALICE).mode == 0o640
+    assert db.chown("p", "alice", None, ALICE).owner == "alice"
+    assert db.file.path.read_bytes() == before
