@@ -11,6 +11,7 @@ contract checks it). The names below are the public interface; the modules hold 
 - ndb.database: files on disk, ``database=`` chains, locked atomic updates
 - ndb.values: the rules for names, scores, dates, addresses, keys
 - ndb.names, ndb.users, ndb.peers: the records
+- ndb.nameaccess: who may read and write a name (owners, modes, ACLs), pure
 - ndb.errors: the errors
 """
 
@@ -20,10 +21,12 @@ from ndb.errors import (
     NdbConflict,
     NdbError,
     NdbNotFound,
+    NdbPermission,
     NdbRecordError,
     NdbSyntaxError,
     NdbValueError,
 )
+from ndb.nameaccess import Caller
 from ndb.names import NameDB, NameRecord, NameSet, latest_of, merge
 from ndb.peers import Peer, PeerDB
 from ndb.query import Match, getvalue, ndbquery, search
@@ -41,6 +44,7 @@ from ndb.users import User, UserDB
 from ndb.values import format_date, format_score, now_date, parse_date, parse_score_text
 
 __all__ = [
+    "Caller",
     "Database",
     "Document",
     "Entry",
@@ -52,6 +56,7 @@ __all__ = [
     "NdbError",
     "NdbFile",
     "NdbNotFound",
+    "NdbPermission",
     "NdbRecordError",
     "NdbSyntaxError",
     "NdbValueError",

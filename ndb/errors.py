@@ -43,3 +43,16 @@ class NdbNotFound(NdbError):
 class NdbConflict(NdbError):
     """The change would contradict what is there (adding a user that exists, a uid that
     another user holds)."""
+
+
+class NdbPermission(NdbError, PermissionError):
+    """The caller may not do this to a name (save over it without write permission, chmod a
+    name they do not own, chown as anyone but root). ``errno`` is EACCES for missing
+    permission bits and EPERM for what only the owner or root may do, as in Unix."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

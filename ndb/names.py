@@ -5,8 +5,10 @@ A name record is one entry whose first attribute is ``name``::
     name=myproject score=blake3:9f…(64 hex) user=alice date=2026-11-22T04:30:00.123456Z prev=blake3:…
 
 and a tombstone (the name deleted) has a bare ``tombstone`` instead of ``score=``; its
-``prev=`` is the score it hides. ``node=`` says which node wrote the record; any other
-attributes are kept as they are.
+``prev=`` is the score it hides. ``node=`` says which node wrote the record. ``owner=``,
+``group=``, ``mode=`` and ``acl=`` (any number) say who may read and write the name
+(ndb.nameaccess has the rules): a save that does not set them copies them from the name's
+latest record, so they stay with the name. Any other attributes are kept as they are.
 
 Records are never changed or removed: setting a name appends a record, deleting appends a
 tombstone. A name resolves to its *latest* record, chosen by date, then by tombstone over
@@ -26,15 +28,18 @@ Property tests (tests/ndb/test_merge.py) check these laws.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ndb import nameaccess as access
 from ndb.database import NdbFile
-from ndb.errors import NdbNotFound, NdbRecordError, NdbValueError
+from ndb.errors import NdbNotFound, NdbPermission, NdbRecordError, NdbValueError
 from ndb.syntax import Entry, Pair, check_attr, format_entry_line
 from ndb.values import (
+    check_group_name,
     check_name,
     check_score,
     check_user_name,
@@ -46,7 +51,10 @@ from ndb.values import (
 
 KIND = "name"
 TOMBSTONE = "tombstone"
-_KNOWN = frozenset({"name", "score", TOMBSTONE, "user", "date", "prev", "node"})
+ACL = "acl"
+_KNOWN = frozenset(
+    {"name", "score", TOMBSTONE, "user", "date", "prev", "node", "owner", "group", "mode", ACL}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +67,10 @@ class NameRecord:
     date: str  # RFC 3339 UTC
     prev: str | None = None
     node: str | None = None
+    owner: str | None = None  # None: a record from before owners, its user owns it
+    group: str | None = None
+    mode: int | None = None  # None: nameaccess.LEGACY_MODE
+    acl: tuple[str, ...] = ()  # "u:USER:rw", "g:GROUP:r"
     extra: tuple[Pair, ...] = ()
     _key: tuple[tuple[int, int], bool, str, str] = field(
         init=False, repr=False, compare=False, hash=False
@@ -74,6 +86,15 @@ class NameRecord:
             check_score(self.prev)
         if self.node is not None:
             check_name(self.node, "node name")
+        if self.owner is not None:
+            check_user_name(self.owner)
+        if self.group is not None:
+            check_group_name(self.group)
+        if self.mode is not None:
+            access.check_mode(self.mode)
+        object.__setattr__(self, "acl", tuple(self.acl))
+        for a in self.acl:
+            access.parse_acl(a)
         object.__setattr__(self, "extra", tuple(Pair(*p) for p in self.extra))
         for p in self.extra:
             check_attr(p.attr)
@@ -97,6 +118,24 @@ class NameRecord:
         score, canonical text."""
         return self._key
 
+    def as_dict(self) -> dict[str, object]:
+        """The record as ``grid names --json`` prints it (the effective owner and mode:
+        a record from before owners shows its user and the legacy mode)."""
+        return {
+            "name": self.name,
+            "score": self.score,
+            "deleted": self.tombstone,
+            "user": self.user,
+            "date": self.date,
+            "prev": self.prev,
+            "node": self.node,
+            "owner": access.owner_of(self),
+            "group": self.group,
+            "mode": access.format_mode(access.mode_of(self)),
+            "acl": list(self.acl),
+            "extra": {p.attr: p.value for p in self.extra},
+        }
+
     def text(self) -> str:
         """The canonical one-line text (with its newline): the record's identity."""
         return self._key[3]
@@ -109,6 +148,15 @@ class NameRecord:
             pairs.append(Pair("prev", self.prev))
         if self.node is not None:
             pairs.append(Pair("node", self.node))
+        # after node= and before the rest, in this order: a node that keeps these as
+        # unknown attributes writes the same canonical text (the record's identity)
+        if self.owner is not None:
+            pairs.append(Pair("owner", self.owner))
+        if self.group is not None:
+            pairs.append(Pair("group", self.group))
+        if self.mode is not None:
+            pairs.append(Pair("mode", access.format_mode(self.mode)))
+        pairs += [Pair(ACL, a) for a in self.acl]
         return Entry((tuple(pairs) + self.extra,))
 
     @classmethod
@@ -118,8 +166,11 @@ class NameRecord:
             raise NdbRecordError(f"{where}: not a name record (starts with {entry.kind}=)")
         seen: dict[str, str] = {}
         extra: list[Pair] = []
+        acl: list[str] = []
         for p in entry.pairs:
-            if p.attr in _KNOWN:
+            if p.attr == ACL:
+                acl.append(p.value)
+            elif p.attr in _KNOWN:
                 if p.attr in seen:
                     raise NdbRecordError(f"{where}: name record has {p.attr}= twice")
                 seen[p.attr] = p.value
@@ -143,6 +194,10 @@ class NameRecord:
                 date=seen["date"],
                 prev=seen.get("prev"),
                 node=seen.get("node"),
+                owner=seen.get("owner"),
+                group=seen.get("group"),
+                mode=None if "mode" not in seen else access.parse_mode(seen["mode"]),
+                acl=tuple(acl),
                 extra=tuple(extra),
             )
         except NdbValueError as e:
@@ -270,15 +325,144 @@ class NameDB:
         r = self.latest(name)
         return None if r is None or r.tombstone else r
 
-    def list(self, *, user: str | None = None, include_deleted: bool = False) -> list[NameRecord]:
-        """Each name's latest record, sorted by name; deleted names only when asked."""
+    def list(
+        self,
+        *,
+        user: str | None = None,
+        include_deleted: bool = False,
+        caller: access.Caller | None = None,
+    ) -> list[NameRecord]:
+        """Each name's latest record, sorted by name; deleted names only when asked; with
+        *caller*, only the names *caller* may read (the others appear nowhere)."""
         latest = self.all().latest_by_name()
         out = [
             r
             for r in latest.values()
-            if (include_deleted or not r.tombstone) and (user is None or r.user == user)
+            if (include_deleted or not r.tombstone)
+            and (user is None or r.user == user)
+            and (caller is None or access.may_read(r, caller))
         ]
         return sorted(out, key=lambda r: r.name)
+
+    # -- what a caller may see: every path that shows or resolves names for a user ------------
+
+    def history_for(self, name: str, caller: access.Caller) -> list[NameRecord]:
+        """Every record of *name*, latest first, if *caller* may read the name (as its
+        latest record says); NdbNotFound otherwise, as for a name that does not exist."""
+        check_name(name)
+        h = self.history(name)
+        if not h or not access.may_read(h[0], caller):
+            raise NdbNotFound(f"no name {name!r}")
+        return h
+
+    def resolve_for(self, name: str, caller: access.Caller) -> NameRecord | None:
+        """``resolve``, for *caller*: None also when *caller* may not read the name."""
+        r = self.resolve(name)
+        return r if r is not None and access.may_read(r, caller) else None
+
+    def may_use_score(self, score: str, caller: access.Caller) -> bool:
+        """May *caller* spawn the raw root *score*? Privileged callers may; others when it
+        is in the history of a name they may read (a deleted one too)."""
+        check_score(score)
+        if caller.privileged:
+            return True
+        names = {m.entry.pairs[0].value for m in self.file.search("score", score)
+                 if m.entry.kind == KIND}
+        return any(access.may_read(h[0], caller)
+                   for n in sorted(names) if (h := self.history(n)))
+
+    # -- permissions: each change is a record with the same score, new attributes -------------
+
+    def chmod(self, name: str, spec: str, caller: access.Caller) -> NameRecord:
+        """Change the mode (octal or symbolic, as chmod(1)): the owner or privileged."""
+        return self._amend(name, caller, lambda cur: {"mode": access.apply_mode(
+            spec, access.mode_of(cur))})
+
+    def chown(
+        self, name: str, owner: str | None, group: str | None, caller: access.Caller
+    ) -> NameRecord:
+        """Change the owner (privileged callers only, as in Unix) and/or the group (the
+        owner, to a group of their own; ``""`` removes it)."""
+        if owner is None and group is None:
+            raise NdbValueError("chown needs USER, USER:GROUP or :GROUP")
+        if owner is not None:
+            self._check_user(owner)
+        if group:
+            check_group_name(group)
+
+        def change(cur: NameRecord) -> dict:
+            out: dict = {}
+            if owner is not None and owner != access.owner_of(cur):
+                if not caller.privileged:
+                    raise NdbPermission(
+                        errno.EPERM, f"only root may give name {name!r} to another user"
+                    )
+                out["owner"] = owner
+            if group is not None and group != (cur.group or ""):
+                if group and not caller.privileged and group not in caller.groups:
+                    raise NdbPermission(
+                        errno.EPERM, f"you are not in group {group!r} (grid user list)"
+                    )
+                out["group"] = group or None
+            return out
+
+        return self._amend(name, caller, change)
+
+    def share(self, name: str, who: str, caller: access.Caller, *, write: bool = False) -> NameRecord:
+        """Let user ``USER`` or group ``@GROUP`` read (and with *write*, save over) *name*:
+        an ``acl=`` entry, replacing that principal's old one."""
+        kind, principal = access.principal(who)
+        if kind == "u":
+            self._check_user(principal)
+        entry = access.format_acl(kind, principal, access.READ | (access.WRITE if write else 0))
+
+        def change(cur: NameRecord) -> dict:
+            keep = [a for a in cur.acl if access.parse_acl(a)[:2] != (kind, principal)]
+            return {"acl": tuple(sorted([*keep, entry]))}
+
+        return self._amend(name, caller, change)
+
+    def unshare(self, name: str, who: str, caller: access.Caller) -> NameRecord:
+        """Take back what ``share`` gave ``USER`` or ``@GROUP``."""
+        kind, principal = access.principal(who)
+
+        def change(cur: NameRecord) -> dict:
+            keep = tuple(a for a in cur.acl if access.parse_acl(a)[:2] != (kind, principal))
+            if keep == cur.acl:
+                raise NdbNotFound(f"name {name!r} is not shared with {who}")
+            return {"acl": keep}
+
+        return self._amend(name, caller, change)
+
+    def _amend(
+        self, name: str, caller: access.Caller, change: Callable[[NameRecord], dict]
+    ) -> NameRecord:
+        """Append a record of *name* with its latest score and prev, *change*'s attributes
+        over its permissions, written by *caller*; under the lock, so a concurrent save is
+        neither lost nor undone. Nothing is written when *change* raises or changes nothing
+        (the latest record is returned then)."""
+        check_name(name)
+        self._check_user(caller.user)
+        with self.file.locked() as f:
+            current = self.latest(name)
+            if current is None or current.tombstone or not access.may_read(current, caller):
+                raise NdbNotFound(f"no name {name!r}")
+            if not access.may_administer(current, caller):
+                raise NdbPermission(
+                    errno.EPERM,
+                    f"only the owner of name {name!r} ({access.owner_of(current)}) or root "
+                    "may change its permissions",
+                )
+            before = self._perms(current, current.user)
+            perms = before | change(current)
+            if perms == before and current.owner is not None and current.mode is not None:
+                return current  # nothing to change (a record from before owners is written out)
+            record = NameRecord(
+                name=name, score=current.score, user=caller.user,
+                date=self._date_after(None, current), prev=current.prev, **perms,
+            )
+            f.append(record.text().encode("utf-8"))
+        return record
 
     def _check_user(self, user: str) -> None:
         check_user_name(user)
@@ -295,6 +479,8 @@ class NameDB:
         node: str | None = None,
         extra: Iterable[Pair] = (),
         prev: str | None = None,
+        caller: access.Caller | None = None,
+        mode: int | None = None,
     ) -> NameRecord:
         """Point *name* at *score*: append a record whose ``prev`` is the score it replaces,
         or *prev* when given (a save records the root its spawn came from, which is not the
@@ -304,37 +490,96 @@ class NameDB:
         record when that is later (a peer's clock ahead of ours), so that it does become
         the latest. The caller must have the score's blocks in the store first (names come
         after blocks); ndb cannot check that.
+
+        The record keeps the name's owner, group, mode and ACL (a new name: owned by *user*,
+        *mode* or nameaccess.DEFAULT_MODE). With *caller*, a name that exists (a deleted
+        one too) is written only if *caller* may write it, checked under the file's lock
+        (NdbPermission otherwise).
         """
         check_name(name)
         check_score(score)
         if prev is not None:
             check_score(prev)
+        if mode is not None:
+            access.check_mode(mode)
         self._check_user(user)
         extra = tuple(extra)
         with self.file.locked() as f:
             current = self.latest(name)
+            if caller is not None and current is not None:
+                self._may_write(current, caller)
             when = self._date_after(date, current)
             if prev is None:
                 prev = None if current is None or current.tombstone else current.score
             record = NameRecord(
-                name=name, score=score, user=user, date=when, prev=prev, node=node, extra=extra
+                name=name, score=score, user=user, date=when, prev=prev, node=node,
+                extra=extra, **self._perms(current, user, mode),
             )
             f.append(record.text().encode("utf-8"))
         return record
 
+    @staticmethod
+    def _perms(current: NameRecord | None, user: str, mode: int | None = None) -> dict:
+        """The permission attributes of a new record: the name's (made explicit), or a new
+        name's, owned by *user*."""
+        if current is None:
+            return {"owner": user, "mode": access.DEFAULT_MODE if mode is None else mode}
+        return {
+            "owner": access.owner_of(current),
+            "group": current.group,
+            "mode": access.mode_of(current) if mode is None else mode,
+            "acl": current.acl,
+        }
+
+    def check_write(self, name: str, caller: access.Caller) -> None:
+        """NdbPermission unless *caller* may save over *name* (anyone may make a new name).
+        For refusing early; ``set(..., caller=)`` checks again under the lock."""
+        check_name(name)
+        current = self.latest(name)
+        if current is not None:
+            self._may_write(current, caller)
+
+    @staticmethod
+    def _may_write(current: NameRecord, caller: access.Caller) -> None:
+        if access.may_write(current, caller):
+            return
+        if access.may_read(current, caller):
+            raise NdbPermission(
+                errno.EACCES,
+                f"permission denied: name {current.name!r} is {access.owner_of(current)}'s "
+                f"(mode {access.format_mode(access.mode_of(current))}); "
+                "save under a name of your own",
+            )
+        raise NdbPermission(
+            errno.EACCES, f"permission denied: name {current.name!r} is someone else's"
+        )
+
     def delete(
-        self, name: str, user: str, *, date: str | None = None, node: str | None = None
+        self,
+        name: str,
+        user: str,
+        *,
+        date: str | None = None,
+        node: str | None = None,
+        caller: access.Caller | None = None,
     ) -> NameRecord:
-        """Delete *name*: append a tombstone newer than its latest record."""
+        """Delete *name*: append a tombstone newer than its latest record. The tombstone
+        keeps the name's permissions: only those who could write the name may bring it back.
+        With *caller*: only if *caller* may write it."""
         check_name(name)
         self._check_user(user)
         with self.file.locked() as f:
             current = self.latest(name)
-            if current is None or current.tombstone:
+            if current is None or current.tombstone or (
+                caller is not None and not access.may_read(current, caller)
+            ):
                 raise NdbNotFound(f"no name {name!r}")
+            if caller is not None:
+                self._may_write(current, caller)
             when = self._date_after(date, current)
             record = NameRecord(
-                name=name, score=None, user=user, date=when, prev=current.score, node=node
+                name=name, score=None, user=user, date=when, prev=current.score, node=node,
+                **self._perms(current, user),
             )
             f.append(record.text().encode("utf-8"))
         return record

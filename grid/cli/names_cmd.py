@@ -1,4 +1,11 @@
-"""`grid names`, `grid history NAME`, `grid name get|set|rm`: the score-name database."""
+"""`grid names`, `grid history NAME`, `grid name get|set|rm|chmod|chown|share|unshare`: the
+score-name database.
+
+Who may read and write the home's ndb files (root, the home's owner) works on them directly,
+with every right; everyone else asks the node daemon, which applies the names' owners and
+modes to the caller it knows by uid (grid.daemon.nameops; docs/daemon.md, "Names"). Both run
+the same functions (nameops.LOCAL) and print the same way.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "names",
         help="list names and the scores they resolve to",
         description=(
-            "List every name with its latest record (score, user, date).\n"
+            "List every name you may read with its latest record (score, user, date,\n"
+            "owner[:group], mode; a + after the mode: shared through an ACL).\n"
             "Deleted names (whose latest record is a tombstone) only with --all."
         ),
         epilog="examples:\n  grid names\n  grid names --user alice --json\n  grid names --all",
@@ -40,12 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     n = sub.add_parser(
         "name",
         help="get, set or delete one name",
-        description="Resolve, set or delete a name in the score-name database.",
+        description=(
+            "Resolve, set or delete a name in the score-name database, or change who may\n"
+            "read and write it (names are private to their owner until shared)."
+        ),
         epilog=(
             "examples:\n"
             "  grid name get myproject\n"
             "  grid name set myproject blake3:<64 hex digits>\n"
-            "  grid name rm myproject"
+            "  grid name rm myproject\n"
+            "  grid name chmod 0644 myproject\n"
+            "  grid name share myproject bob"
         ),
         formatter_class=_RAW,
     )
@@ -90,15 +103,97 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("name")
     r.add_argument("--user", metavar="U", help="the tombstone's user (default: you)")
     r.set_defaults(func=run_rm)
+    c = ns.add_parser(
+        "chmod",
+        help="who may read (spawn) and write (save over) a name",
+        description=(
+            "Set NAME's mode, as chmod(1): octal (owner, group, others; r = list, spawn,\n"
+            "read history; w = save over, set, delete) or symbolic (u+rw,g+r,o-rwx).\n"
+            "New names are 0600: private to their owner. The owner or root may chmod;\n"
+            "the change is a record of its own (same score), so it replicates."
+        ),
+        epilog="examples:\n  grid name chmod 0644 base\n  grid name chmod g+r,o= myproject",
+        formatter_class=_RAW,
+    )
+    c.add_argument("mode")
+    c.add_argument("name")
+    c.set_defaults(func=run_chmod)
+    o = ns.add_parser(
+        "chown",
+        help="give a name to another user, or set its group",
+        description=(
+            "Set NAME's owner and/or group. As in Unix, only root gives a name to another\n"
+            "user; the owner may set the group to one of their own (ndb users' group=).\n"
+            "An empty group (USER: or :) removes it."
+        ),
+        epilog="examples:\n  grid name chown alice base\n  grid name chown :staff myproject",
+        formatter_class=_RAW,
+    )
+    o.add_argument("owner", metavar="USER[:GROUP]")
+    o.add_argument("name")
+    o.set_defaults(func=run_chown)
+    sh = ns.add_parser(
+        "share",
+        help="let a user or a group read (and spawn) a name",
+        description=(
+            "Let USER, or every member of @GROUP, read NAME (list it, spawn it, read its\n"
+            "history), and with --write save over it too: an acl= entry on the name's\n"
+            "next record. The owner or root may share; unshare takes it back."
+        ),
+        epilog="examples:\n  grid name share myproject bob\n  grid name share base @staff --write",
+        formatter_class=_RAW,
+    )
+    sh.add_argument("name")
+    sh.add_argument("who", metavar="USER|@GROUP")
+    sh.add_argument("--write", action="store_true", help="they may save over it as well")
+    sh.set_defaults(func=run_share)
+    u = ns.add_parser(
+        "unshare",
+        help="take back what share gave",
+        description="Remove USER's or @GROUP's acl= entry from NAME.",
+        epilog="example:\n  grid name unshare myproject bob",
+        formatter_class=_RAW,
+    )
+    u.add_argument("name")
+    u.add_argument("who", metavar="USER|@GROUP")
+    u.set_defaults(func=run_unshare)
 
 
-def _names(args: argparse.Namespace):
+def _call(args: argparse.Namespace, op: str, what: str, *a: object,
+          as_user: str | None = None, **kw: object):
+    """Run name request *op*: on the files when this user may write them (with every
+    right), else through the node daemon (with the caller's rights). *as_user*: the
+    record's user for set and rm (the files only)."""
+    import errno
+    import os
+
+    from grid.daemon import nameops
+    from grid.errors import UserError
     from grid.home import find_home
-    from ndb.names import NameDB
-    from ndb.users import UserDB
+    from ndb.nameaccess import Caller
 
     home = find_home(args.home)
-    return NameDB(home.names_db, users=UserDB(home.users_db))
+    if os.access(home.names_db, os.R_OK | os.W_OK) or (
+        os.access(home.ndb_dir, os.W_OK | os.X_OK) and not os.path.lexists(home.names_db)
+    ):
+        from ndb.names import NameDB
+        from ndb.users import UserDB
+
+        db = NameDB(home.names_db, users=UserDB(home.users_db))
+        return nameops.LOCAL[op](db, Caller(as_user or _me(), privileged=True), *a, **kw)
+    if as_user is not None:
+        raise UserError(what, "--user: only root and the home's owner write records for others")
+    from grid.daemon.client import DaemonError, connect
+
+    with connect(home) as c:
+        try:
+            return c.call(op, *a, **kw)
+        except DaemonError as e:
+            if e.errno == errno.ENOENT:
+                from ndb.errors import NdbNotFound
+
+                raise NdbNotFound(e.strerror) from None
+            raise UserError(what, e.strerror or str(e)) from None
 
 
 def _me() -> str:
@@ -111,17 +206,9 @@ def _me() -> str:
         return str(os.getuid())
 
 
-def _record_dict(r) -> dict[str, object]:
-    return {
-        "name": r.name,
-        "score": r.score,
-        "deleted": r.tombstone,
-        "user": r.user,
-        "date": r.date,
-        "prev": r.prev,
-        "node": r.node,
-        "extra": {p.attr: p.value for p in r.extra},
-    }
+def _perms(d: dict) -> list[str]:
+    owner = d["owner"] + (f":{d['group']}" if d.get("group") else "")
+    return [owner, d["mode"] + ("+" if d.get("acl") else "")]
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -132,14 +219,21 @@ def _print_table(rows: list[list[str]]) -> None:
         print("  ".join([c.ljust(w) for c, w in zip(r, widths, strict=False)] + [r[-1]]).rstrip())
 
 
+def _checked(name: str) -> str:
+    from ndb.values import check_name
+
+    return check_name(name)
+
+
 def run_names(args: argparse.Namespace) -> int:
     import json
 
-    records = _names(args).list(user=args.user, include_deleted=args.all)
+    records = _call(args, "names", "names", user=args.user, all=args.all)
     if args.json:
-        print(json.dumps([_record_dict(r) for r in records], indent=2, ensure_ascii=False))
+        print(json.dumps(records, indent=2, ensure_ascii=False))
         return 0
-    _print_table([[r.name, r.score or "(deleted)", r.user, r.date] for r in records])
+    _print_table([[r["name"], r["score"] or "(deleted)", r["user"], r["date"], *_perms(r)]
+                  for r in records])
     return 0
 
 
@@ -147,23 +241,24 @@ def run_history(args: argparse.Namespace) -> int:
     import json
 
     from grid.errors import UserError
-    from ndb.values import check_name
+    from ndb.errors import NdbNotFound
 
-    check_name(args.name)
-    records = _names(args).history(args.name)
-    if not records:
-        raise UserError(f"history {args.name}", "no such name")
+    try:
+        records = _call(args, "history", f"history {args.name}", _checked(args.name))
+    except NdbNotFound:
+        raise UserError(f"history {args.name}", "no such name") from None
     if args.json:
-        print(json.dumps([_record_dict(r) for r in records], indent=2, ensure_ascii=False))
+        print(json.dumps(records, indent=2, ensure_ascii=False))
         return 0
     rows = []
     for r in records:
         rows.append(
             [
-                r.date,
-                "deleted" if r.tombstone else (r.score or ""),
-                r.user,
-                f"prev={r.prev}" if r.prev else "",
+                r["date"],
+                "deleted" if r["deleted"] else (r["score"] or ""),
+                r["user"],
+                *_perms(r),
+                f"prev={r['prev']}" if r["prev"] else "",
             ]
         )
     _print_table(rows)
@@ -174,23 +269,52 @@ def run_get(args: argparse.Namespace) -> int:
     import json
 
     from grid.errors import UserError
-    from ndb.values import check_name
+    from ndb.errors import NdbNotFound
 
-    check_name(args.name)
-    r = _names(args).resolve(args.name)
-    if r is None:
-        raise UserError(f"name get {args.name}", "no such name (unknown or deleted)")
-    print(json.dumps(_record_dict(r), indent=2, ensure_ascii=False) if args.json else r.score)
+    what = f"name get {args.name}"
+    try:
+        r = _call(args, "name_get", what, _checked(args.name))
+    except NdbNotFound:
+        raise UserError(what, "no such name (unknown or deleted)") from None
+    print(json.dumps(r, indent=2, ensure_ascii=False) if args.json else r["score"])
     return 0
 
 
 def run_set(args: argparse.Namespace) -> int:
-    r = _names(args).set(args.name, args.score, args.user or _me())
-    print(f"{r.name} {r.score} {r.date}")
+    r = _call(args, "name_set", f"name set {args.name}", args.name, args.score,
+              as_user=args.user)
+    print(f"{r['name']} {r['score']} {r['date']}")
     return 0
 
 
 def run_rm(args: argparse.Namespace) -> int:
-    r = _names(args).delete(args.name, args.user or _me())
-    print(f"{r.name} deleted {r.date}")
+    r = _call(args, "name_rm", f"name rm {args.name}", args.name, as_user=args.user)
+    print(f"{r['name']} deleted {r['date']}")
+    return 0
+
+
+def _print_perms(r: dict) -> None:
+    acl = f" acl={','.join(r['acl'])}" if r["acl"] else ""
+    owner, mode = _perms(r)
+    print(f"{r['name']} {owner} {mode.rstrip('+')}{acl} {r['date']}")
+
+
+def run_chmod(args: argparse.Namespace) -> int:
+    _print_perms(_call(args, "name_chmod", f"name chmod {args.name}", args.name, args.mode))
+    return 0
+
+
+def run_chown(args: argparse.Namespace) -> int:
+    _print_perms(_call(args, "name_chown", f"name chown {args.name}", args.name, args.owner))
+    return 0
+
+
+def run_share(args: argparse.Namespace) -> int:
+    _print_perms(_call(args, "name_share", f"name share {args.name}", args.name, args.who,
+                       write=args.write))
+    return 0
+
+
+def run_unshare(args: argparse.Namespace) -> int:
+    _print_perms(_call(args, "name_unshare", f"name unshare {args.name}", args.name, args.who))
     return 0

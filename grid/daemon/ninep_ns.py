@@ -6,7 +6,7 @@ synthetic files itself and hands everything under ``ID/root/`` to that spawn's o
 server's fid, walk, flush and lock rules then hold here unchanged.
 
     /ctl          write "spawn NAME": spawns it; a read returns the new id (of this attach)
-    /names        read: the names this user may spawn (every name, for now)
+    /names        read: the names this user may read, so spawn (ndb.nameaccess)
     /ID/ctl       write "save [NAME]" or "kill"; a read returns the last result
     /ID/status    read: the spawn's status, JSON (as ``grid spawns --json``)
     /ID/err       read: why the last refused command on this spawn failed (this attach)
@@ -215,10 +215,8 @@ class NamespaceLink:
 
     async def _content(self, ino: int) -> bytes:
         if ino == NAMES:
-            from ndb.names import NameDB
-
-            names = NameDB(self.daemon.home.names_db).list()
-            return b"".join(r.name.encode() + b"\n" for r in names)
+            names = await self.daemon.control(self.uid, "names")
+            return b"".join(r["name"].encode() + b"\n" for r in names)
         if ino == CTL:
             return self._last.get(CTL, b"")
         k, j = divmod(ino, PER_SPAWN)

@@ -268,9 +268,13 @@ class Daemon:
             return errno.EINVAL, str(e)
         if isinstance(e, Refused):
             return e.errno or errno.EINVAL, e.strerror or str(e)
-        from ndb.errors import NdbError
+        from ndb.errors import NdbError, NdbNotFound, NdbPermission
         from store.errors import StoreError
 
+        if isinstance(e, NdbPermission):
+            return e.errno, e.message
+        if isinstance(e, NdbNotFound):
+            return errno.ENOENT, str(e)
         if isinstance(e, (NdbError, StoreError)):
             return errno.EINVAL, str(e)
         if not isinstance(e, OSError):
@@ -278,7 +282,9 @@ class Daemon:
         return error_of(e)
 
     async def _control(self, uid: int, op: str, args: list[Any], kw: dict[str, Any]) -> Any:
-        handler = getattr(self, f"_op_{op}", None)
+        from grid.daemon import nameops
+
+        handler = getattr(self, f"_op_{op}", None) or nameops.handler(self, op)
         if handler is None:
             raise Refused(errno.ENOSYS, f"no command {op!r}")
         try:
@@ -376,10 +382,11 @@ class Daemon:
         return {"pid": os.getpid(), "home": str(self.home.root), "version": __version__, "uid": uid}
 
     async def _op_spawn(self, uid: int, ref: str) -> dict[str, Any]:
+        from grid.daemon.nameops import caller
         from grid.refs import resolve
 
         assert self.spawner is not None
-        r = await asyncio.to_thread(resolve, self.home, ref)
+        r = await asyncio.to_thread(lambda: resolve(self.home, ref, caller(self, uid)))
         owner = await asyncio.to_thread(self._user_name, uid)
         info = await asyncio.to_thread(
             self.spawner.spawn, r.name or ref, r.score, owner=owner, uid=uid)
@@ -399,8 +406,7 @@ class Daemon:
     async def _op_save(self, uid: int, sid: str, name: str | None = None) -> dict[str, Any]:
         """Snapshot the spawn; record *name* (default: the name it was spawned from) with
         prev = the root the spawn stood on."""
-        from ndb.names import NameDB
-        from ndb.users import UserDB
+        from grid.daemon import nameops
         from ndb.values import check_name
 
         assert self.spawner is not None
@@ -412,6 +418,7 @@ class Daemon:
             name = info.name
         if name is not None:
             check_name(name)  # before any work: a bad name changes nothing
+            await asyncio.to_thread(nameops.check_save, self, uid, name)  # nor a refused one
         if live.saving:
             raise Refused(errno.EBUSY, f"spawn {sid} is being saved already")
         live.saving = True
@@ -426,9 +433,11 @@ class Daemon:
         result: dict[str, Any] = {"score": text, "prev": format_score(prev), "name": name,
                                   "seconds": took}
         if name is not None:
-            names = NameDB(self.home.names_db, users=UserDB(self.home.users_db))
-            try:
-                rec = await asyncio.to_thread(names.set, name, text, info.owner, prev=format_score(prev))
+            names = nameops.names_db(self)
+            who = await asyncio.to_thread(nameops.caller, self, uid)
+            try:  # checked again under the names file's lock
+                rec = await asyncio.to_thread(names.set, name, text, info.owner,
+                                              prev=format_score(prev), caller=who)
                 result["date"] = rec.date
             except Exception as e:  # the root is saved: say so, and why the name is not
                 result["name_error"] = self._error("save", e)[1]

@@ -249,40 +249,25 @@ class SSHService:
         return f"killed spawn {d['id']}\n"
 
     async def _cmd_names(self, uid: int) -> list[dict[str, Any]]:
-        records = await asyncio.to_thread(lambda: self._names().list())
-        return [_record(r) for r in records]
+        return await self.daemon.control(uid, "names")  # the names uid may read
 
     @staticmethod
     def _text_names(rows: list[dict[str, Any]]) -> str:
         return _table([[r["name"], r["score"] or "", r["user"], r["date"]] for r in rows])
 
     async def _cmd_history(self, uid: int, name: str) -> list[dict[str, Any]]:
-        from ndb.values import check_name
+        from ndb.errors import NdbNotFound
 
-        check_name(name)
-        records = await asyncio.to_thread(lambda: self._names().history(name))
-        if not records:
-            raise OSError(errno.ENOENT, f"history {name}: no such name")
-        return [_record(r) for r in records]
+        try:
+            return await self.daemon.control(uid, "history", name)
+        except NdbNotFound:  # unknown, or not the caller's to read: the same answer
+            raise OSError(errno.ENOENT, f"history {name}: no such name") from None
 
     @staticmethod
     def _text_history(rows: list[dict[str, Any]]) -> str:
         return _table([[r["date"], "deleted" if r["deleted"] else (r["score"] or ""), r["user"],
                         f"prev={r['prev']}" if r["prev"] else ""] for r in rows])
 
-    def _names(self) -> Any:
-        from ndb.names import NameDB
-        from ndb.users import UserDB
-
-        home = self.daemon.home
-        return NameDB(home.names_db, users=UserDB(home.users_db))
-
-
-def _record(r: Any) -> dict[str, Any]:
-    """A name record as `grid names --json` prints it."""
-    return {"name": r.name, "score": r.score, "deleted": r.tombstone, "user": r.user,
-            "date": r.date, "prev": r.prev, "node": r.node,
-            "extra": {p.attr: p.value for p in r.extra}}
 
 
 class _Usage(Exception):

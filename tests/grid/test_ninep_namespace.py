@@ -41,6 +41,8 @@ def env() -> Iterator[Env]:
             os.lchown(p, alice.uid, alice.gid)
         n.grid("import", str(src), "proj")
         n.grid("import", str(src), "other")
+        for name in ("proj", "other"):  # new names are private to their owner
+            n.grid("name", "chmod", "0644", name)
         for u in (alice, bob):
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.start()

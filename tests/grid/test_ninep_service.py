@@ -50,6 +50,7 @@ def env() -> Iterator[Env]:
         for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
             os.lchown(p, alice.uid, alice.gid)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         for u in (alice, bob):
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.grid("user", "add", "gridtest-carol")  # a certificate, but no uid on this node

@@ -45,6 +45,7 @@ def env() -> Iterator[Env]:
         for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
             os.lchown(p, alice.uid, alice.gid)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         n.grid("user", "add", alice.name, "--uid", str(alice.uid))
         port = free_port()
         n.start("--9p", f"127.0.0.1:{port}")

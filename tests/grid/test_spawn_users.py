@@ -39,6 +39,7 @@ def node(users: tuple[User, User]) -> Iterator[Node]:
         (src / "hello").write_text("hi\n")
         os.chmod(src / "hello", 0o644)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         for u in users:
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.start("--spawnmax", "2")

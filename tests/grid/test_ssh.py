@@ -77,6 +77,7 @@ def env() -> Iterator[Env]:
         (src / "rootfile").write_text("root's\n")
         os.chmod(src / "rootfile", 0o644)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         for who in ("alice", "bob", "stranger"):

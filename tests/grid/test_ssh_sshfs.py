@@ -70,6 +70,7 @@ def mounts() -> Iterator[Mounts]:
         (src / "docs" / "rootfile").write_text("root's\n")  # but not this one
         os.chmod(src / "docs" / "rootfile", 0o644)
         n.grid("import", str(src), "proj")
+        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "alice")],

@@ -121,8 +121,8 @@ def test_peers(tmp_path):
 def test_public_names():
     """The package's public namespace is exactly its re-exports (trio style)."""
     assert set(ndb.__all__) == {
-        "Database", "Document", "Entry", "Match", "NameDB", "NameRecord", "NameSet",
-        "NdbConflict", "NdbError", "NdbFile", "NdbNotFound", "NdbRecordError",
+        "Caller", "Database", "Document", "Entry", "Match", "NameDB", "NameRecord", "NameSet",
+        "NdbConflict", "NdbError", "NdbFile", "NdbNotFound", "NdbPermission", "NdbRecordError",
         "NdbSyntaxError", "NdbValueError", "Pair", "Parsed", "Peer", "PeerDB", "User",
         "UserDB", "format_date", "format_entries", "format_entry", "format_entry_line",
         "format_score", "getvalue", "latest_of", "locked", "merge", "ndbquery", "now_date",
@@ -133,6 +133,7 @@ def test_public_names():
         "document",
         "errors",
         "index",
+        "nameaccess",
         "names",
         "peers",
         "query",
