@@ -15,8 +15,10 @@ what they expect:
 * attributes: chmod and explicit times by the owner or root (EPERM); times set to now also
   by anyone who may write (EACCES); chown by root (the owner may "change" to the same uid),
   chgrp by the owner to a group of its own; a chmod by a non-member of the file's group drops
-  setgid; chown of a non-directory drops setuid (and setgid with group execute), for root too;
-* writes and truncations by anyone but root drop setuid, and setgid with group execute;
+  setgid; any chown of a non-directory, even to the same owner, drops setuid (and setgid as
+  a write does), for root too;
+* writes and truncations by anyone but root drop setuid, and setgid when group-executable
+  or when the writer is not in the file's group;
 * device nodes (and whiteouts) by root only (EPERM); fifos, sockets and files by anyone;
 * a hard link to another's file needs read and write on it and no setuid/setgid-exec
   (fs.protected_hardlinks, Debian's default);
@@ -135,11 +137,12 @@ def new_owner(cred: Cred, d: Inode, mode: int) -> tuple[int, int, int]:
     return cred.uid, gid, mode
 
 
-def killed(mode: int) -> int:
-    """*mode* without setuid, and without setgid when group-executable (Linux keeps setgid
-    without group execute: it marks mandatory locking, not privilege)."""
+def killed(cred: Cred, i: Inode, mode: int) -> int:
+    """*mode* (of file *i*) without setuid, and without setgid when it is group-executable or
+    *cred* is neither in the file's group nor root (Linux's setattr_should_drop_sgid: a
+    setgid file without group execute is kept for its group's members)."""
     drop = stat.S_ISUID
-    if mode & stat.S_IXGRP:
+    if mode & stat.S_IXGRP or not (cred.root or cred.in_group(i.gid)):
         drop |= stat.S_ISGID
     return mode & ~drop
 
@@ -148,7 +151,7 @@ def after_write(cred: Cred, i: Inode) -> int | None:
     """The mode a write or truncation by *cred* leaves (None: unchanged)."""
     if cred.root or not i.is_reg():
         return None
-    m = killed(i.mode)
+    m = killed(cred, i, i.mode)
     return m if m != i.mode else None
 
 
@@ -162,9 +165,11 @@ def setattr_changes(cred: Cred, i: Inode, *, mode: int | None, uid: int | None, 
     (``{"mode": m}`` or empty), as Linux's setattr_prepare and notify_change do.
 
     *handle*: the size change comes through a file handle opened for writing (ftruncate):
-    no permission check on the file, as the open made it. *chown*: the request is a chown
-    that changes neither owner nor group (``chown(f, -1, -1)``, which FUSE sends as a bare
-    "kill setuid/setgid"): it drops them all the same.
+    no permission check on the file, as the open made it. *chown*: drop setuid/setgid as a
+    chown does, with no owner or group change: ``chown(f, -1, -1)``, or FUSE's bare setattr
+    before a write by someone who may write (where ext4 would refuse a stranger's chown of a
+    setuid file with EPERM, a stranger who may write the file gets the drop: FUSE does not
+    say which of the two it is).
     """
     extra: dict[str, int] = {}
     owner = owner_or_root(cred, i)
@@ -196,7 +201,11 @@ def setattr_changes(cred: Cred, i: Inode, *, mode: int | None, uid: int | None, 
     chowned = (uid is not None or gid is not None or chown) and not i.is_dir()
     truncated_by_user = size is not None and not cred.root and i.is_reg()
     if chowned or truncated_by_user:
-        new = killed(i.mode if new is None else new)
+        new = killed(cred, i, i.mode if new is None else new)
+        if chowned and new != i.mode and not owner and not allowed(cred, i, W):
+            # The kernel makes the drop a mode change, which is the owner's (or root's); a
+            # bare drop by a writer is FUSE's way of saying a write is coming (see fusechan)
+            raise _err(errno.EPERM, "chown of another user's setuid/setgid file")
     if new is not None and new != i.mode:
         extra["mode"] = new
     return extra

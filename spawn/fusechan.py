@@ -331,8 +331,12 @@ class FuseChannel:
             kw["mtime_ns"] = NOW if valid & fp.FATTR_MTIME_NOW else _ns(mtime, mtimens)
         if valid & fp.FATTR_FH:
             kw["handle"] = True  # ftruncate: the handle's open was checked
-        if valid & fp.FATTR_KILL_SUIDGID and not valid & (fp.FATTR_SIZE | fp.FATTR_MODE):
-            kw["chown"] = True  # chown(f, -1, -1): the kernel sends only "kill setuid/setgid"
+        if not valid & (fp.FATTR_MODE | fp.FATTR_UID | fp.FATTR_GID | fp.FATTR_SIZE
+                        | fp.FATTR_ATIME | fp.FATTR_MTIME):
+            # With HANDLE_KILLPRIV_V2 the kernel leaves dropping setuid and setgid to us, and
+            # sends a setattr of nothing else for chown(f, -1, -1) and before a non-root
+            # write (file_remove_privs): both drop them (spawn.access.setattr_changes)
+            kw["chown"] = True
         a, answer = self._call(req, "setattr", req.nodeid, **kw)
         answer(fp.attr_out(self._attr(a), 0.0 if a.ino == ROOT else self.timeout))
 
