@@ -5,9 +5,17 @@ created relative to directory file descriptors that grid itself created and open
 O_NOFOLLOW, and nothing is ever opened through a symlink, so a hostile archive cannot write
 outside the destination. Symlinks in the archive are created, never followed.
 
-Metadata: contents (holes recreated with lseek, not written), mode, owner (when the caller may
-set it: root, or the caller's own ids), xattrs, atime and mtime to the nanosecond (directory
-times are set after their contents). ctime cannot be set by anyone; device nodes need root.
+Metadata: contents (holes recreated with lseek, not written), mode, xattrs, atime and mtime
+to the nanosecond (directory times are set after their contents). ctime cannot be set by
+anyone.
+
+Privilege, as tar does for an ordinary user, whoever runs it: by default the tree is the
+exporter's own (no owners restored), setuid and setgid bits of files are dropped and device
+nodes are skipped, each counted in the summary. A snapshot may hold files another user made
+(a shared spawn, a name saved by another user): restoring them as they are, as root, would
+hand that user whatever the tree says. ``same_owner`` (``grid export --same-owner``) is the
+consent to do so: owners (root may set any; others only their own ids), setuid/setgid bits and
+device nodes (root only) as the archive has them.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class ExportStats:
     links: int = 0
     others: int = 0
     bytes: int = 0
+    stripped: int = 0  # files whose setuid/setgid bits were dropped (no same_owner)
+    devices_skipped: int = 0  # device nodes not made (no same_owner)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -41,14 +51,16 @@ class ExportError(Exception):
 
 
 class Exporter:
-    def __init__(self, archive: Archive, *, warn: Callable[[str], None] | None = None,
+    def __init__(self, archive: Archive, *, same_owner: bool = False,
+                 warn: Callable[[str], None] | None = None,
                  progress: Callable[[ExportStats], None] | None = None) -> None:
         self.a = archive
         self.stats = ExportStats()
         self._warn = warn or (lambda m: None)
         self._progress = progress
         self._done: dict[int, tuple[int, bytes]] = {}  # ino -> (dir fd, name) of its first name
-        self._can_chown = os.geteuid() == 0
+        self.same_owner = same_owner
+        self._can_chown = same_owner and os.geteuid() == 0
         self._uid, self._gid = os.geteuid(), os.getegid()
         self._seen_dirs: set[int] = set()  # a directory entered twice is a cycle (BadArchive)
 
@@ -136,6 +148,9 @@ class Exporter:
         elif kind == stat.S_IFIFO:
             os.mkfifo(name, stat.S_IMODE(inode.mode), dir_fd=dfd)
             self.stats.others += 1
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK) and not self.same_owner:
+            self.stats.devices_skipped += 1  # a device node is a privilege: only with consent
+            return
         elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
             try:
                 os.mknod(name, inode.mode, inode.rdev, dir_fd=dfd)
@@ -188,7 +203,7 @@ class Exporter:
             except OSError as e:
                 self.warn(f"chown {os.fsdecode(name)}: {e.strerror}")
         if not inode.is_symlink():
-            _chmod_at(dfd, name, stat.S_IMODE(inode.mode))
+            _chmod_at(dfd, name, self._mode(inode))
         if not inode.is_reg():  # regular files got theirs through their descriptor
             where = b"/proc/self/fd/%d/" % dfd + name
             for k, v in inode.xattrs:
@@ -210,8 +225,17 @@ class Exporter:
                 os.fchown(fd, own[0], own[1])
             except OSError as e:
                 self.warn(f"chown: {e.strerror}")
-        os.fchmod(fd, stat.S_IMODE(inode.mode))
+        os.fchmod(fd, self._mode(inode))
         os.utime(fd, ns=(inode.atime_ns, inode.mtime_ns))
+
+    def _mode(self, inode: Inode) -> int:
+        """The permission bits to give: the archive's, without setuid/setgid on anything but
+        a directory unless ``same_owner`` (a setgid directory only passes its group on)."""
+        mode = stat.S_IMODE(inode.mode)
+        if not self.same_owner and not inode.is_dir() and mode & (stat.S_ISUID | stat.S_ISGID):
+            self.stats.stripped += 1
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        return mode
 
 
 def _chmod_at(dfd: int, name: bytes, mode: int) -> None:

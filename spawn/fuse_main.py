@@ -71,6 +71,7 @@ def _ready(log_path: str | None) -> None:
     print("ready", flush=True)
     if log_path:  # the parent stops listening once we are up: later output goes to the log
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a log from an older grid may be 0644: it names paths and files
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)

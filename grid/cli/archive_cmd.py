@@ -31,13 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export", help="write a snapshot out as a directory tree",
         description=(
             "Materialise NAME (or NAME@blake3:…, or a raw blake3: score) under DIR, which must\n"
-            "be new or empty, with contents, modes, times, links, xattrs and holes; owners when\n"
-            "you are root. Nothing is written outside DIR: symlinks are created, never followed."
+            "be new or empty, with contents, modes, times, links, xattrs and holes. Nothing is\n"
+            "written outside DIR: symlinks are created, never followed.\n\n"
+            "As tar does for ordinary users, and for root too: the files are yours, setuid and\n"
+            "setgid bits of files are dropped and device nodes skipped (a snapshot may hold\n"
+            "files other users made). --same-owner restores owners, those bits and devices\n"
+            "(owners and devices need root)."
         ),
-        epilog="examples:\n  grid export myproject /tmp/restore\n  grid export myproject@blake3:9f… /tmp/old",
+        epilog="examples:\n  grid export myproject /tmp/restore\n  grid export myproject@blake3:9f… /tmp/old\n"
+               "  grid export --same-owner rootfs /srv/rootfs",
         formatter_class=_RAW,
     )
     e.add_argument("ref", metavar="NAME[@SCORE]")
+    e.add_argument("--same-owner", action="store_true",
+                   help="restore owners, setuid/setgid bits and device nodes as the snapshot has them")
     e.add_argument("dir")
     e.set_defaults(func=run_export)
 
@@ -225,11 +232,15 @@ def run_export(args: argparse.Namespace) -> int:
     with store:
         ino = _lookup(archive, path, args.ref) if path else None
         try:
-            st = Exporter(archive, warn=lambda m: print(f"grid: export: {m}", file=sys.stderr)).run(args.dir, ino)
+            st = Exporter(archive, same_owner=args.same_owner,
+                          warn=lambda m: print(f"grid: export: {m}", file=sys.stderr)).run(args.dir, ino)
         except ExportError as e:
             raise UserError("export", str(e)) from None
     print(f"export {args.ref}: {st.files} files, {st.dirs} dirs, {st.symlinks} symlinks, "
           f"{st.links} hard links, {st.bytes} bytes of data into {args.dir}", file=sys.stderr)
+    if st.stripped or st.devices_skipped:
+        print(f"export {args.ref}: setuid/setgid dropped from {st.stripped} files, "
+              f"{st.devices_skipped} device nodes skipped (--same-owner keeps them)", file=sys.stderr)
     return 1 if st.warnings else 0
 
 

@@ -55,12 +55,49 @@ def make_everything(top: Path) -> None:
     os.utime(top / "dir" / "rel-link", ns=(1_000_000_001, 1_000_000_002), follow_symlinks=False)
 
 
+@pytest.mark.skipif(not ROOT, reason="a device node and foreign owners need root to make")
+def test_export_without_same_owner_is_safe(tmp_path: Path) -> None:
+    """A tree another user made cannot hand them privilege through root's export: without
+    --same-owner the files are the exporter's, setuid/setgid go from files (a setgid
+    directory keeps its bit: it only passes its group on) and device nodes are skipped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "shell").write_bytes(b"#!/bin/sh\n")
+    os.chown(src / "shell", 0, 0)
+    os.chmod(src / "shell", 0o4755)
+    (src / "sgid").write_bytes(b"g")
+    os.chmod(src / "sgid", 0o2775)
+    (src / "d").mkdir()
+    os.chmod(src / "d", 0o2775)
+    (src / "mine").write_bytes(b"m")
+    os.chown(src / "mine", 1234, 5678)
+    os.mknod(src / "disk", stat.S_IFBLK | 0o666, os.makedev(8, 0))
+    os.mkfifo(src / "fifo", 0o600)
+    store = MemoryStore()
+    score = Importer(store).run(src, name="t")
+    out = tmp_path / "out"
+    st = Exporter(Archive(store, score)).run(out)
+    assert stat.S_IMODE(os.stat(out / "shell").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(out / "sgid").st_mode) == 0o775
+    assert stat.S_IMODE(os.stat(out / "d").st_mode) == 0o2775
+    assert (os.stat(out / "mine").st_uid, os.stat(out / "mine").st_gid) == (0, 0)
+    assert not os.path.lexists(out / "disk")
+    assert stat.S_ISFIFO(os.stat(out / "fifo").st_mode)
+    assert (st.stripped, st.devices_skipped) == (2, 1)
+    out2 = tmp_path / "out2"
+    st = Exporter(Archive(store, score), same_owner=True).run(out2)
+    assert stat.S_IMODE(os.stat(out2 / "shell").st_mode) == 0o4755
+    assert (os.stat(out2 / "mine").st_uid, os.stat(out2 / "mine").st_gid) == (1234, 5678)
+    assert stat.S_ISBLK(os.stat(out2 / "disk").st_mode)
+    assert (st.stripped, st.devices_skipped) == (0, 0)
+
+
 def roundtrip(src: Path, out: Path, store=None) -> tuple[bytes, Importer]:
     store = store or MemoryStore()
     snapshot(src)  # settle atimes before the import reads anything
     imp = Importer(store)
     score = imp.run(src, name="t", time_ns=1)
-    Exporter(Archive(store, score)).run(out)
+    Exporter(Archive(store, score), same_owner=True).run(out)
     return score, imp
 
 
@@ -95,7 +132,7 @@ def test_hundred_thousand_entry_directory(tmp_path):
     assert a2.lookup(many, b"entry-054321") is not None
     assert store.statistics().gets - gets < 12  # root, inode-table path, directory path
     out = tmp_path / "out"
-    Exporter(a).run(out)
+    Exporter(a, same_owner=True).run(out)
     assert len(os.listdir(out / "many")) == 100_000
 
 
