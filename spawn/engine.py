@@ -4,16 +4,19 @@ A spawn is a base archive (read lazily through the store: spawning reads the roo
 nothing more) plus an overlay (spawn.overlay) holding every change. The engine implements
 what POSIX filesystems do in terms of inode numbers, as FUSE and 9P think; adapters stay thin.
 
-Concurrency: the engine is synchronous and owned by one thread (spawn.fuse runs it on a
-single-thread executor that every exporter of the spawn must share). Every operation is one LMDB write
-transaction, so each is atomic: an O_APPEND write happens at the size it sees, and all
-clients of a spawn (several mounts, 9P sessions, SFTP) see each change at once because they
-go through this one engine.
+Concurrency: the engine is synchronous and owned by one thread, its spawn's host
+(spawn.host), through which every exporter of the spawn goes. Operations are atomic: each
+runs inside the overlay's one open transaction (spawn.overlay), undone as a whole if it
+fails, so an O_APPEND write happens at the size it sees, and all clients of a spawn (several
+mounts, 9P sessions, SFTP) see each change at once.
 
-Durability: LMDB syncs every commit (py-lmdb's default, kept on purpose: without it a
-machine crash can leave the overlay itself corrupt, not merely behind), so every completed
-operation survives a process kill and a machine crash alike; ``fsync`` is then nearly free.
-The price is a disk flush per write request; see docs/benchmarks.md.
+Durability (spawn.journal, docs/spawn.md): each operation is appended to the spawn's journal
+before it returns, so it survives a kill of any process; ``fsync`` flushes the journal, and
+the transaction is checkpointed every few seconds, so a machine crash loses at most the last
+seconds of un-fsync'd changes and never corrupts the overlay.
+
+Permissions: every operation takes the caller's credentials (spawn.cred) and checks them
+with spawn.access, the one place the rules live (docs/spawn.md, "Permissions").
 
 Saving while clients write (spawn.save): a save snapshots the overlay at generation G and
 builds the new archive from that snapshot on another thread. Until it finishes, the engine
@@ -74,6 +77,9 @@ from store.score import NULL_SCORE, Score
 ROOT_INO = 1
 _SMALL = 64 << 10  # a file this small is one leaf: its size is what it occupies
 _XATTR_MAX = 64 << 10
+#: The largest file, as ext4's with 4 KiB blocks (2^32 - 1 blocks): beyond, EFBIG at the
+#: source, so no snapshot holds a size that an export to a local disk cannot make.
+MAX_FILE_SIZE = (1 << 44) - 4096
 _FEED = 1 << 20  # bytes handed to the tree writer at a time (and between cancellation checks)
 
 log = logging.getLogger(__name__)
@@ -816,6 +822,8 @@ class Engine:
             if not data:
                 return 0  # POSIX: a zero-length write changes nothing, not even the size
             end = offset + len(data)
+            if end > MAX_FILE_SIZE:
+                raise _err(errno.EFBIG, f"a file ends at {MAX_FILE_SIZE} bytes at most")
             new_size = max(o.inode.size, end)
             gen = self._gen(txn).to_bytes(8, "big")
             pos = offset
@@ -843,6 +851,8 @@ class Engine:
     def _truncate(self, txn, ino: int, o: OInode, size: int) -> OInode:
         if size < 0:
             raise _err(errno.EINVAL)
+        if size > MAX_FILE_SIZE:
+            raise _err(errno.EFBIG, f"a file ends at {MAX_FILE_SIZE} bytes at most")
         if not o.inode.is_reg():
             raise _err(errno.EISDIR if o.inode.is_dir() else errno.EINVAL)
         if self.saving is not None:
@@ -917,6 +927,8 @@ class Engine:
         if mode & ~(keep | punch | zero) or (mode & punch and not mode & keep) or (mode & punch and mode & zero):
             raise _err(errno.EOPNOTSUPP, f"fallocate mode {mode:#x}")
         end = offset + length
+        if end > MAX_FILE_SIZE:
+            raise _err(errno.EFBIG, f"a file ends at {MAX_FILE_SIZE} bytes at most")
         with self._reading() as txn:
             o = self._need(txn, ino)
             if not o.inode.is_reg():

@@ -148,3 +148,64 @@ def test_spawnmax_is_per_user_with_a_clear_message(node: Node, users: tuple[User
         node.grid("spawn", "-q", "proj")
     node.grid("kill", "--force", a1, user=alice)
     _spawn(node, alice)  # room again
+
+
+def _as_member(user: User, *cmd: str) -> str:
+    """Run *cmd* as *user* with its supplementary groups (User.run clears them)."""
+    import subprocess
+
+    p = subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                        "env", f"HOME={user.home}", *cmd], capture_output=True, text=True, timeout=30)
+    return p.stdout.strip()
+
+
+def test_share_admits_a_user_or_a_group_and_grants_nothing_more(node: Node, users: tuple[User, User]) -> None:
+    import subprocess
+    import sys
+
+    alice, bob = users
+    carol = make_user("gridtest-carol")
+    subprocess.run(["groupadd", "-f", "gridtest-share"], check=True)
+    subprocess.run(["usermod", "-a", "-G", "gridtest-share", carol.name], check=True)
+    sid = _spawn(node, alice)
+    m = _mountpoint(alice, "m")
+    node.grid("mount", sid, str(m), user=alice)
+    os.chmod(alice.home, 0o755)
+    sock = str(node.home / "run" / "9p.sock")
+    try:
+        assert _probe(bob, m) == f"errno {errno.EACCES}"
+        p = node.grid("share", sid, bob.name, user=bob, check=False)  # not his to share
+        assert p.returncode == 1 and f"no spawn '{sid}'" in p.stderr
+        assert node.grid("9p", sock, "-a", sid, "ls", "/", user=bob, check=False).returncode != 0
+
+        node.grid("share", sid, bob.name, user=alice)
+        assert _probe(bob, m) == "['hello']"
+        assert [r["id"] for r in json.loads(node.grid("spawns", "--json", user=bob).stdout)] == [sid]
+        assert node.grid("9p", sock, "-a", sid, "cat", "/hello", user=bob).stdout == "hi\n"
+        # inside, the files decide: hello is root's 0644, so bob reads it and cannot write it
+        assert bob.run("cat", str(m / "hello")).stdout == "hi\n"
+        p = bob.run("sh", "-c", f"echo x >> {m}/hello")
+        assert p.returncode != 0 and "Permission denied" in p.stderr
+        p = node.grid("9p", sock, "-a", sid, "write", "/hello", user=bob, input="x\n", check=False)
+        assert p.returncode != 0 and "Permission denied" in p.stderr
+        # sharing admits and grants nothing else: no save, kill or sharing onwards
+        for args in (("save", sid, "bobs"), ("kill", "--force", sid), ("share", sid, carol.name)):
+            p = node.grid(*args, user=bob, check=False)
+            assert p.returncode == 1 and "only its owner or root" in p.stderr, (args, p.stderr)
+
+        # a group: members are let in through their supplementary groups
+        probe = (sys.executable, "-c", PROBE, str(m))
+        assert _as_member(carol, *probe) == f"errno {errno.EACCES}"
+        node.grid("share", sid, "@gridtest-share", user=alice)
+        assert _as_member(carol, *probe) == "['hello']"
+        assert _probe(carol, m) == f"errno {errno.EACCES}"  # the same user without the group
+
+        node.grid("unshare", sid, bob.name, user=alice)
+        node.grid("unshare", sid, "@gridtest-share", user=alice)
+        assert _probe(bob, m) == f"errno {errno.EACCES}"
+        assert _as_member(carol, *probe) == f"errno {errno.EACCES}"
+        assert json.loads(node.grid("spawns", "--json", user=bob).stdout) == []
+        p = node.grid("share", sid, "@no-such-group-here", user=alice, check=False)
+        assert p.returncode == 1 and "no group" in p.stderr
+    finally:
+        node.grid("unmount", str(m), user=alice)
