@@ -48,8 +48,15 @@ fi
 stamp=.venv/.grid-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing grid and its dependencies into .venv" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip 2>&1 | grep -v -i warning || true
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i warning || true
+    # pip's and setuptools' chatter (an editable install's notes) goes to a log, shown only
+    # when the install fails
+    if ! { .venv/bin/python -m pip install -q --disable-pip-version-check -U pip \
+           && .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'; } \
+           > .venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        echo "setup: installing into .venv failed (log above, also in .venv/pip.log)" >&2
+        exit 1
+    fi
     .venv/bin/python -c 'import grid.cli.main, store.local, blake3, lmdb, zstandard' 
     touch "$stamp"
 fi
