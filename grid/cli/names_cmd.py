@@ -280,7 +280,36 @@ def run_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_root(args: argparse.Namespace, text: str) -> None:
+    """A name may point only at a root that is there (DESIGN invariant: names point at present
+    roots): not the zero score, not a score whose block this store lacks."""
+    import os
+
+    from grid.errors import UserError
+    from grid.home import find_home
+    from ndb.errors import NdbValueError
+    from ndb.values import check_score
+    from store.score import NULL_SCORE, parse_score
+
+    try:
+        score = parse_score(check_score(text))
+    except NdbValueError as e:
+        raise UserError(f"name set {args.name}", str(e)) from None
+    if score == NULL_SCORE:
+        raise UserError(f"name set {args.name}", "the zero score names no tree")
+    home = find_home(args.home)
+    if not os.access(home.store, os.R_OK | os.X_OK):
+        return  # the daemon checks presence for those who cannot read the store
+    from grid.storeopen import open_store
+
+    with open_store(home, readonly=True) as store:
+        if store.missing([score]):
+            raise UserError(f"name set {args.name}",
+                            f"{text} is not in this node's store (import or replicate it first)")
+
+
 def run_set(args: argparse.Namespace) -> int:
+    _check_root(args, args.score)
     r = _call(args, "name_set", f"name set {args.name}", args.name, args.score,
               as_user=args.user)
     print(f"{r['name']} {r['score']} {r['date']}")

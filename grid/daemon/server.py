@@ -407,7 +407,7 @@ class Daemon:
         """Snapshot the spawn; record *name* (default: the name it was spawned from) with
         prev = the root the spawn stood on."""
         from grid.daemon import nameops
-        from ndb.values import check_name
+        from ndb.values import check_name, check_new_name
 
         assert self.spawner is not None
         live = await self._get_live(str(sid), uid)
@@ -417,7 +417,11 @@ class Daemon:
         if name is None and not info.name.startswith("blake3:"):
             name = info.name
         if name is not None:
-            check_name(name)  # before any work: a bad name changes nothing
+            # before any work: a bad name changes nothing (an existing one is kept as it is)
+            if name == info.name:
+                check_name(name)
+            else:
+                check_new_name(name)
             await asyncio.to_thread(nameops.check_save, self, uid, name)  # nor a refused one
         if live.saving:
             raise Refused(errno.EBUSY, f"spawn {sid} is being saved already")

@@ -62,3 +62,14 @@ def test_trailing_characters_after_a_score_are_refused(home, tmp_path):
     for bad in (score + "x", score + "xf", "p@" + score + "zz"):
         p = grid(home, "ls", bad, check=False)
         assert p.returncode == 1 and b"is not a score" in p.stderr, p.stderr
+
+
+def test_name_set_refuses_the_zero_score_and_absent_roots(home):
+    """A name points only at a root that is there: `grid name set` refuses the zero score
+    and a score whose block the store lacks, and records nothing."""
+    before = _names(home)
+    for score, why in (("blake3:" + "0" * 64, b"zero score"),
+                       ("blake3:" + "ab" * 32, b"not in this node's store")):
+        p = grid(home, "name", "set", "x", score, check=False)
+        assert p.returncode == 1 and why in p.stderr, p.stderr
+    assert _names(home) == before

@@ -14,8 +14,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-S1 = "blake3:" + "1" * 64
-S2 = "blake3:" + "2" * 64
+
+
+def _score_of(data: bytes) -> str:
+    """The score `grid store put` gives *data* (a name may point only at a present root)."""
+    from store.chunker import CdcChunker
+    from store.hashtree import TreeWriter
+    from store.memory import MemoryStore
+    from store.score import format_score
+
+    w = TreeWriter(MemoryStore(), CdcChunker())
+    w.write(data)
+    return format_score(w.finish().score)
+
+
+ONE, TWO = b"root one\n", b"root two\n"
+S1, S2 = _score_of(ONE), _score_of(TWO)
 ME = pwd.getpwuid(os.getuid()).pw_name
 
 
@@ -36,18 +50,23 @@ def grid(home: Path | None, *args: str, check: bool = True) -> subprocess.Comple
     return p
 
 
+def _with_roots(h: Path) -> Path:
+    grid(h, "init")
+    for data, score in ((ONE, S1), (TWO, S2)):
+        f = h.parent / "root.bin"
+        f.write_bytes(data)
+        assert grid(h, "store", "put", str(f)).stdout.split()[0] == score
+    return h
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    h = tmp_path_factory.mktemp("cli") / "home"
-    grid(h, "init")
-    return h
+    return _with_roots(tmp_path_factory.mktemp("cli") / "home")
 
 
 @pytest.fixture
 def fresh(tmp_path) -> Path:
-    h = tmp_path / "home"
-    grid(h, "init")
-    return h
+    return _with_roots(tmp_path / "home")
 
 
 def test_init_records_the_invoking_user_once(fresh):
