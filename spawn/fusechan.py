@@ -46,6 +46,7 @@ from spawn.attr import Attr
 from spawn.cred import ROOT as ROOT_CRED
 from spawn.cred import Cred
 from spawn.fsformat import NAME_MAX
+from store.errors import StoreError
 
 if TYPE_CHECKING:
     from spawn.host import SpawnHost
@@ -212,6 +213,10 @@ class FuseChannel:
         except fp.ProtocolError as e:
             log.error("mount %s: %s: %s", self.mountpoint, fp.NAMES.get(op, op), e)
             self.write(fp.reply_error(req.unique, errno.EINVAL))
+        except StoreError as e:  # a block missing or damaged: EIO, and the log says which
+            log.error("mount %s: %s of inode %d: %s: %s", self.mountpoint, fp.NAMES.get(op, op),
+                      req.nodeid, type(e).__name__, e)
+            self.write(fp.reply_error(req.unique, errno.EIO))
         except Exception:
             log.exception("mount %s: %s failed", self.mountpoint, fp.NAMES.get(op, op))
             self.write(fp.reply_error(req.unique, errno.EIO))
