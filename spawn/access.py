@@ -206,8 +206,8 @@ def setattr_changes(cred: Cred, i: Inode, *, mode: int | None, uid: int | None, 
             # The kernel makes the drop a mode change, which is the owner's (or root's); a
             # bare drop by a writer is FUSE's way of saying a write is coming (see fusechan)
             raise _err(errno.EPERM, "chown of another user's setuid/setgid file")
-    if new is not None and new != i.mode:
-        extra["mode"] = new
+    if new is not None and (new != i.mode or mode is not None):
+        extra["mode"] = new  # also when the drop gives back the old mode: it overrides *mode*
     return extra
 
 

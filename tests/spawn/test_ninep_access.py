@@ -1,0 +1,37 @@
+"""Permission rules the engine applies (spawn/access.py) as a 9P2000.L client meets them: the
+cases where no kernel stands between the client and the rule (through FUSE the kernel applies
+some of them first), found by tests/posix's 9P target."""
+
+from __future__ import annotations
+
+import stat
+
+from spawn.cred import ROOT
+from spawn.ninep import messages as m9
+from spawn.ninep.messages import SetattrMask
+from tests.spawn.ninep_env import run, served
+
+
+async def _setattr(c, fid: int, valid: int, **fields: int) -> None:
+    base = dict(mode=0, uid=0, gid=0, size=0, atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
+    await c.call(m9.Tsetattr, fid=fid, valid=valid, **{**base, **fields})
+
+
+def test_chmod_setgid_dropped_for_a_group_not_ones_own(tmp_path):
+    """chmod g+s of a file whose group the owner is not in leaves setgid off (Linux's
+    setattr_prepare), even when that gives back the mode the file had."""
+    async def body():
+        async with served(tmp_path) as env:
+            e = env.engine
+            for name in (b"hello.txt", b"dir"):
+                ino = e.lookup(ROOT, 1, name).ino
+                await env.link.call("setattr", ROOT, ino, gid=3000)  # not a group of the attach's
+                was = e.getattr(ROOT, ino).mode
+                c, root = await env.attached()
+                f = c.fid()
+                await c.walk(root, f, [name])
+                await _setattr(c, f, SetattrMask.MODE, mode=stat.S_IMODE(was) | stat.S_ISGID)
+                assert e.getattr(ROOT, ino).mode == was
+                await _setattr(c, f, SetattrMask.MODE, mode=0o4755)
+                assert stat.S_IMODE(e.getattr(ROOT, ino).mode) == 0o4755
+    run(body())
