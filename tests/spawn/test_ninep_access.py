@@ -4,10 +4,14 @@ some of them first), found by tests/posix's 9P target."""
 
 from __future__ import annotations
 
+import errno
 import stat
+
+import pytest
 
 from spawn.cred import ROOT
 from spawn.ninep import messages as m9
+from spawn.ninep.client import ServerError
 from spawn.ninep.messages import SetattrMask
 from tests.spawn.ninep_env import run, served
 
@@ -34,4 +38,29 @@ def test_chmod_setgid_dropped_for_a_group_not_ones_own(tmp_path):
                 assert e.getattr(ROOT, ino).mode == was
                 await _setattr(c, f, SetattrMask.MODE, mode=0o4755)
                 assert stat.S_IMODE(e.getattr(ROOT, ino).mode) == 0o4755
+    run(body())
+
+
+def test_one_time_to_now_is_the_owners(tmp_path):
+    """utimensat(NOW, OMIT) by a writer who is not the owner is EPERM on Linux (the kernel's
+    ATTR_TIMES_SET), and only (NOW, NOW) is a touch a writer may do. Tsetattr carries no such
+    bit: ATIME alone is the (NOW, OMIT)."""
+    async def body():
+        async with served(tmp_path) as env:
+            e = env.engine
+            ino = e.lookup(ROOT, 1, b"hello.txt").ino
+            await env.link.call("setattr", ROOT, ino, uid=4000, mode=0o666, atime_ns=10**9,
+                                mtime_ns=10**9)  # another's file the attach may write
+            c, root = await env.attached()
+            f = c.fid()
+            await c.walk(root, f, [b"hello.txt"])
+            for valid in (SetattrMask.ATIME, SetattrMask.MTIME):
+                with pytest.raises(ServerError) as ei:
+                    await _setattr(c, f, valid | SetattrMask.CTIME)
+                assert ei.value.errno == errno.EPERM
+            a = e.getattr(ROOT, ino)
+            assert (a.atime_ns, a.mtime_ns) == (10**9, 10**9)
+            await _setattr(c, f, SetattrMask.ATIME | SetattrMask.MTIME | SetattrMask.CTIME)
+            a = e.getattr(ROOT, ino)
+            assert a.atime_ns > 10**9 and a.mtime_ns > 10**9
     run(body())
