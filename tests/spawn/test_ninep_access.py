@@ -64,3 +64,21 @@ def test_one_time_to_now_is_the_owners(tmp_path):
             a = e.getattr(ROOT, ino)
             assert a.atime_ns > 10**9 and a.mtime_ns > 10**9
     run(body())
+
+
+def test_mkdir_keeps_permission_bits_and_sticky_only(tmp_path):
+    """Tmkdir's mode loses setuid and setgid (Linux's vfs_mkdir); a setgid parent's new
+    directory is setgid all the same."""
+    async def body():
+        async with served(tmp_path) as env:
+            e = env.engine
+            c, root = await env.attached()
+            for name, mode, want in ((b"a", 0o1777, 0o1777), (b"b", 0o2755, 0o755),
+                                     (b"c", 0o4755, 0o755)):
+                await c.call(m9.Tmkdir, dfid=root, name=name, mode=mode, gid=env.gid)
+                assert stat.S_IMODE(e.lookup(ROOT, 1, name).mode) == want
+            await c.call(m9.Tsetattr, fid=root, valid=SetattrMask.MODE, mode=0o2755, uid=0, gid=0,
+                         size=0, atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
+            await c.call(m9.Tmkdir, dfid=root, name=b"d", mode=0o755, gid=env.gid)
+            assert stat.S_IMODE(e.lookup(ROOT, 1, b"d").mode) == 0o2755
+    run(body())
