@@ -12,8 +12,8 @@ what they expect:
   it); root passes every check, except execute of a file with no execute bit at all;
 * a directory: search (x) to look a name up, write and search to add or remove one; in a
   sticky directory only the file's owner, the directory's owner or root removes or renames;
-* attributes: chmod and explicit times by the owner or root (EPERM); times set to now also
-  by anyone who may write (EACCES); chown by root (the owner may "change" to the same uid),
+* attributes: chmod and explicit times by the owner or root (EPERM); both times set to now
+  also by anyone who may write (EACCES), one of them alone not (EPERM); chown by root (the owner may "change" to the same uid),
   chgrp by the owner to a group of its own; a chmod by a non-member of the file's group drops
   setgid; any chown of a non-directory, even to the same owner, drops setuid (and setgid as
   a write does), for root too;
@@ -183,7 +183,11 @@ def setattr_changes(cred: Cred, i: Inode, *, mode: int | None, uid: int | None, 
     if mode is not None and not owner:
         raise _err(errno.EPERM, "chmod of another user's file")
     explicit = [t for t in (atime_ns, mtime_ns) if t is not None and t != NOW]
-    if explicit and not owner:
+    # Linux's ATTR_TIMES_SET: only utimensat's NULL or (NOW, NOW) is a "touch" a writer may
+    # do; one time set to now and the other left alone is a change of times, the owner's
+    # (a truncation's own time update excepted)
+    lone_now = (atime_ns == NOW) != (mtime_ns == NOW) and size is None
+    if (explicit or lone_now) and not owner:
         raise _err(errno.EPERM, "setting times of another user's file")
     if (atime_ns == NOW or mtime_ns == NOW) and not explicit and not owner:
         check(cred, i, W, "setting times to now")
@@ -206,8 +210,8 @@ def setattr_changes(cred: Cred, i: Inode, *, mode: int | None, uid: int | None, 
             # The kernel makes the drop a mode change, which is the owner's (or root's); a
             # bare drop by a writer is FUSE's way of saying a write is coming (see fusechan)
             raise _err(errno.EPERM, "chown of another user's setuid/setgid file")
-    if new is not None and new != i.mode:
-        extra["mode"] = new
+    if new is not None and (new != i.mode or mode is not None):
+        extra["mode"] = new  # also when the drop gives back the old mode: it overrides *mode*
     return extra
 
 

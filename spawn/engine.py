@@ -534,7 +534,9 @@ class Engine:
         return a
 
     def mkdir(self, cred: Cred, parent: int, name: bytes, mode: int) -> Attr:
-        return self._make(cred, parent, name, stat.S_IFDIR | stat.S_IMODE(mode))
+        """A new directory: *mode* without setuid and setgid, as Linux's vfs_mkdir keeps only
+        the permission bits and sticky (a setgid parent then gives setgid back)."""
+        return self._make(cred, parent, name, stat.S_IFDIR | (stat.S_IMODE(mode) & 0o1777))
 
     def mknod(self, cred: Cred, parent: int, name: bytes, mode: int, rdev: int) -> Attr:
         if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):

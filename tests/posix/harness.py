@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # -- the vocabulary of a case table ----------------------------------------------------------
 
@@ -323,15 +323,14 @@ OPS: dict[str, tuple[Callable[..., Any], str]] = {
 TIMEOUT = 30.0
 
 
-def _child(w: int, cwd: str, cred: Cred, umask: int, op: str, args: tuple[Any, ...]) -> None:
+def _child(w: int, cred: Cred, umask: int, work: Callable[[], Any]) -> None:
     try:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        os.chdir(cwd)
         os.umask(umask)
         os.setgroups(list(cred.groups))
         os.setresgid(cred.gid, cred.gid, cred.gid)
         os.setresuid(cred.uid, cred.uid, cred.uid)
-        value = OPS[op][0](*args)
+        value = work()
         out: dict[str, Any] = {"ok": value}
     except OSError as e:
         out = {"errno": errno.errorcode.get(e.errno or 0, str(e.errno))}
@@ -343,14 +342,15 @@ def _child(w: int, cwd: str, cred: Cred, umask: int, op: str, args: tuple[Any, .
         os._exit(0)
 
 
-def call(cwd: Path, cred: Cred, umask: int, op: str, args: tuple[Any, ...]) -> str:
-    """Run one operation as *cred* in a forked child; "ok", the value's JSON, or an errno name
-    (``TIMEOUT`` if the child hangs, ``CRASH: ...`` if it died or raised something else)."""
+def in_child(cred: Cred, umask: int, work: Callable[[], Any]) -> str:
+    """Run *work* in a forked child that has become *cred* (groups, gid, uid; umask set);
+    "ok", the value's JSON, or an errno name (``TIMEOUT`` if the child hangs, ``CRASH: ...``
+    if it died or raised something else)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         os.close(r)
-        _child(w, str(cwd), cred, umask, op, args)
+        _child(w, cred, umask, work)
     os.close(w)
     data = b""
     deadline = time.monotonic() + TIMEOUT
@@ -378,6 +378,47 @@ def call(cwd: Path, cred: Cred, umask: int, op: str, args: tuple[Any, ...]) -> s
     return "ok" if out["ok"] is None else json.dumps(out["ok"], sort_keys=True)
 
 
+def call(cwd: Path, cred: Cred, umask: int, op: str, args: tuple[Any, ...]) -> str:
+    """Run one operation as *cred* in a forked child, in directory *cwd* (see ``in_child``)."""
+    def work() -> Any:
+        os.chdir(cwd)
+        return OPS[op][0](*args)
+    return in_child(cred, umask, work)
+
+
+class Executor(Protocol):
+    """How the steps reach a tree: ``OsExecutor`` calls ``os`` functions on a directory;
+    another executor may speak a protocol to a server (tests/posix/ninep_exec.py)."""
+
+    name: str
+
+    def make_case_dir(self, dirname: str) -> None:
+        """The case's directory, root's, mode 0755, at the top of the tree."""
+
+    def call(self, dirname: str, cred: Cred, umask: int, op: str, args: tuple[Any, ...]) -> str:
+        """One step, as *cred*, with paths relative to the case's directory."""
+
+
+@dataclass
+class OsExecutor:
+    """Steps as ``os`` calls on a directory tree (a local filesystem, or any mount)."""
+
+    root: Path
+    name: str = "os"
+
+    def make_case_dir(self, dirname: str) -> None:
+        d = self.root / dirname
+        d.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+
+    def call(self, dirname: str, cred: Cred, umask: int, op: str, args: tuple[Any, ...]) -> str:
+        return call(self.root / dirname, cred, umask, op, args)
+
+
+def _executor(where: Path | Executor) -> Executor:
+    return OsExecutor(where) if isinstance(where, Path) else where
+
+
 # -- running cases ----------------------------------------------------------------------------
 
 
@@ -399,34 +440,36 @@ class Outcome:
     final: dict[str, str] = field(default_factory=dict)
 
 
-def prepare(root: Path, cases: Iterable[Case], users: Users) -> dict[str, Outcome]:
-    """Make each case's directory under *root* (0755, root's) and run its setup there as root."""
+def prepare(where: Path | Executor, cases: Iterable[Case], users: Users) -> dict[str, Outcome]:
+    """Make each case's directory in the tree (a directory, or an executor's) (0755, root's)
+    and run its setup there as root."""
+    ex = _executor(where)
     out = {}
     for case in cases:
-        d = root / case.dirname
-        d.mkdir(mode=0o755)
-        os.chmod(d, 0o755)
+        ex.make_case_dir(case.dirname)
         oc = out[case.id] = Outcome()
         for step in case.all_steps()[:len(case.setup)]:
-            res = call(d, ROOT, case.umask, step.op, _resolve(users, step))
+            res = ex.call(case.dirname, ROOT, case.umask, step.op, _resolve(users, step))
             oc.setup.append((str(step), res))
     return out
 
 
-def run(root: Path, cases: Iterable[Case], users: Users,
+def run(where: Path | Executor, cases: Iterable[Case], users: Users,
         prepared: dict[str, Outcome] | None = None) -> dict[str, Outcome]:
-    """Run each case's steps under *root* (its setup already done there, or in the tree whose
-    outcomes *prepared* holds), then stat every path it names as root."""
+    """Run each case's steps in the tree (a directory, or an executor's; the setup already
+    done there, or in the tree whose outcomes *prepared* holds), then stat every path it
+    names as root."""
+    ex = _executor(where)
     cases = list(cases)
-    out = prepared if prepared is not None else prepare(root, cases, users)
+    out = prepared if prepared is not None else prepare(ex, cases, users)
     for case in cases:
-        d = root / case.dirname
+        d = case.dirname
         oc = out[case.id]
         for step in case.all_steps()[len(case.setup):]:
-            res = call(d, users.creds[step.actor], case.umask, step.op, _resolve(users, step))
+            res = ex.call(d, users.creds[step.actor], case.umask, step.op, _resolve(users, step))
             oc.steps.append((str(step), res))
         for p in case.paths():
-            oc.final[p] = call(d, ROOT, 0, "stat", (p,))
+            oc.final[p] = ex.call(d, ROOT, 0, "stat", (p,))
     return out
 
 

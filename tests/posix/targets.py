@@ -171,6 +171,18 @@ def run_grid_fuse_base(cases: list[Case], users: Users) -> dict[str, Outcome]:
         return harness.run(m, cases, users, prepared)
 
 
+def run_grid_9p_client(cases: list[Case], users: Users) -> dict[str, Outcome]:
+    """A spawn of root's, shared with the users, reached through 9P2000.L messages with no
+    kernel client: every step is sent by spawn.ninep.client from a child that has become
+    the step's user (tests/posix/ninep_exec.py), so the daemon alone answers."""
+    from tests.posix.ninep_exec import NinepExecutor
+
+    with grid_node(users) as node:
+        sid = node.grid("spawn", "-q", "posix").stdout.strip()
+        share_all(node, sid, users)
+        return harness.run(NinepExecutor(node.home / "run" / "9p.sock", sid), cases, users)
+
+
 def ninep_available() -> bool:
     with open("/proc/filesystems") as f:
         return any(line.split()[-1] == "9p" for line in f if line.strip())

@@ -35,6 +35,7 @@ TARGETS = {
     "grid-fuse": targets.run_grid_fuse,
     "grid-fuse-base": targets.run_grid_fuse_base,
     "grid-9p": targets.run_grid_9p,
+    "grid-9p-client": targets.run_grid_9p_client,
 }
 
 
@@ -67,6 +68,7 @@ def reference(users: harness.Users) -> dict[str, harness.Outcome]:
     pytest.param("grid-fuse", marks=GRID_XFAIL),
     pytest.param("grid-fuse-base", marks=GRID_XFAIL),
     pytest.param("grid-9p", marks=GRID_XFAIL),
+    pytest.param("grid-9p-client", marks=GRID_XFAIL),
 ])
 def target(request: pytest.FixtureRequest,
            users: harness.Users) -> tuple[str, dict[str, harness.Outcome]]:
