@@ -39,7 +39,8 @@ def test_new_files_belong_to_the_caller_and_inherit_a_setgid_group(e) -> None:
     a = e.create(ALICE, 1, b"f", 0o644)
     assert (a.uid, a.gid) == (1001, 1001)
     d = e.mkdir(ALICE, 1, b"shared", 0o2777)
-    e.setattr(ALICE, d.ino, gid=3000)  # to a group of her own
+    assert not d.mode & stat.S_ISGID  # mkdir takes permission bits and sticky only, as Linux
+    e.setattr(ALICE, d.ino, gid=3000, mode=0o2777)  # to a group of her own, setgid
     b = e.create(BOB, d.ino, b"g", 0o2755)  # setgid of a group bob is not in: dropped
     assert (b.uid, b.gid, stat.S_IMODE(b.mode)) == (1002, 3000, 0o755)
     sub = e.mkdir(BOB, d.ino, b"sub", 0o755)
