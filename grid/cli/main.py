@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "archive_cmd",
     "ndb_cmd",
     "names_cmd",
+    "forget_cmd",
     "user_cmd",
     "peer_cmd",
     "spawn_cmd",
