@@ -195,7 +195,7 @@ class LocalStore(BlockStore):
         path: str | os.PathLike[str],
         *,
         readonly: bool = False,
-        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        segment_size: int | None = None,
         cache_bytes: int = 16 << 20,
         compress_level: int = 3,
         rebuild: bool = False,
@@ -209,6 +209,12 @@ class LocalStore(BlockStore):
             raise StoreError(f"no block store at {p} (run `grid init`)")
         if fmt.read_text() != FORMAT_LINE:
             raise StoreError(f"store {p} has an unknown format {fmt.read_text().strip()!r}")
+        if segment_size is None:
+            # A store may fix its own segment size (docs/store.md): small stores and tests.
+            try:
+                segment_size = int((p / "segment_size").read_text())
+            except (FileNotFoundError, ValueError):
+                segment_size = DEFAULT_SEGMENT_SIZE
         return cls(
             p,
             readonly=readonly,

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ndb_cmd",
     "names_cmd",
     "forget_cmd",
+    "prune_cmd",
     "user_cmd",
     "peer_cmd",
     "spawn_cmd",
