@@ -10,7 +10,7 @@ contract checks it). The names below are the public interface; the modules hold 
 - ndb.index: the LMDB hash index
 - ndb.database: files on disk, ``database=`` chains, locked atomic updates
 - ndb.values: the rules for names, scores, dates, addresses, keys
-- ndb.names, ndb.users, ndb.peers: the records
+- ndb.names, ndb.users, ndb.peers: the records (ndb.retention: which snapshots to keep)
 - ndb.nameaccess: who may read and write a name (owners, modes, ACLs), pure
 - ndb.errors: the errors
 """

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ndb import nameaccess as access
+from ndb import retention
 from ndb.database import NdbFile
 from ndb.errors import NdbNotFound, NdbPermission, NdbRecordError, NdbValueError
 from ndb.syntax import Entry, Pair, check_attr, format_entry_line
@@ -204,6 +205,98 @@ class NameRecord:
             raise NdbRecordError(f"{where}: {e}") from None
 
 
+FORGET = "forget"
+_FORGET_KNOWN = frozenset({FORGET, "score", TOMBSTONE, "date", "user", "when", "node"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForgetRecord:
+    """A record that forgets one name record, named exactly by (name, score, date)::
+
+        forget=myproject score=blake3:… date=2026-11-22T04:30:00.123456Z user=alice when=2026-12-03T18:00:00.000000Z
+
+    ``score=`` (or a bare ``tombstone``) and ``date=`` are those of the forgotten record;
+    ``user=``, ``when=`` and ``node=`` say who forgot it, when and where. A forget record is a
+    record like the others: never changed or removed, merged by union, replicated. A name
+    record is *forgotten* when a forget record names its (name, score, date); a save made
+    elsewhere at the same time is another record (another date), so it is never forgotten by
+    accident. docs/ndb.md, "Forgetting"."""
+
+    name: str
+    score: str | None  # the forgotten record's score; None: it was a tombstone
+    date: str  # the forgotten record's date
+    user: str
+    when: str
+    node: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.score is not None:
+            check_score(self.score)
+        parse_date(self.date)
+        check_user_name(self.user)
+        parse_date(self.when)
+        if self.node is not None:
+            check_name(self.node, "node name")
+
+    @classmethod
+    def of(cls, record: NameRecord, *, user: str, when: str, node: str | None = None) -> ForgetRecord:
+        return cls(name=record.name, score=record.score, date=record.date, user=user, when=when,
+                   node=node)
+
+    @property
+    def target(self) -> tuple[str, str | None, str]:
+        """(name, score, date): what it forgets; ``target_of(record)`` is the same triple."""
+        return (self.name, self.score, self.date)
+
+    def to_entry(self) -> Entry:
+        pairs = [Pair(FORGET, self.name)]
+        pairs.append(Pair(TOMBSTONE) if self.score is None else Pair("score", self.score))
+        pairs += [Pair("date", self.date), Pair("user", self.user), Pair("when", self.when)]
+        if self.node is not None:
+            pairs.append(Pair("node", self.node))
+        return Entry((tuple(pairs),))
+
+    def text(self) -> str:
+        return format_entry_line(self.to_entry())
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "score": self.score, "date": self.date, "user": self.user,
+                "when": self.when, "node": self.node}
+
+    @classmethod
+    def from_entry(cls, entry: Entry, where: str = "<names>") -> ForgetRecord:
+        if entry.kind != FORGET:
+            raise NdbRecordError(f"{where}: not a forget record (starts with {entry.kind}=)")
+        seen: dict[str, str] = {}
+        for p in entry.pairs:
+            if p.attr not in _FORGET_KNOWN:
+                raise NdbRecordError(f"{where}: forget record with unknown attribute {p.attr}=")
+            if p.attr in seen:
+                raise NdbRecordError(f"{where}: forget record has {p.attr}= twice")
+            seen[p.attr] = p.value
+        if (TOMBSTONE in seen) == ("score" in seen):
+            raise NdbRecordError(f"{where}: a forget record has score= or tombstone, one of them")
+        if seen.get(TOMBSTONE):
+            raise NdbRecordError(f"{where}: tombstone takes no value")
+        for need in ("date", "user", "when"):
+            if need not in seen:
+                raise NdbRecordError(f"{where}: forget record without {need}=")
+        try:
+            return cls(name=seen[FORGET], score=seen.get("score"), date=seen["date"],
+                       user=seen["user"], when=seen["when"], node=seen.get("node"))
+        except NdbValueError as e:
+            raise NdbRecordError(f"{where}: {e}") from None
+
+
+def target_of(record: NameRecord) -> tuple[str, str | None, str]:
+    return (record.name, record.score, record.date)
+
+
+def forgotten_by(forgets: Iterable[ForgetRecord]) -> frozenset[tuple[str, str | None, str]]:
+    return frozenset(f.target for f in forgets)
+
+
 def latest_of(records: Iterable[NameRecord]) -> NameRecord | None:
     """The latest of *records* (a tombstone included), by ``NameRecord.order_key``."""
     return max(records, key=lambda r: r._key, default=None)
@@ -214,14 +307,26 @@ class NameSet:
     """A names database as a set of records: what merge works on."""
 
     records: frozenset[NameRecord] = frozenset()
+    forgets: frozenset[ForgetRecord] = frozenset()
+
+    def __post_init__(self) -> None:
+        # The records a forget record names are not part of the set's meaning: dropping them
+        # here keeps equal meanings equal (and the merge laws hold: the filter only grows).
+        object.__setattr__(self, "records", frozenset(self.records))
+        object.__setattr__(self, "forgets", frozenset(self.forgets))
+        if self.forgets:
+            gone = forgotten_by(self.forgets)
+            object.__setattr__(
+                self, "records", frozenset(r for r in self.records if target_of(r) not in gone))
 
     @classmethod
-    def of(cls, records: Iterable[NameRecord]) -> NameSet:
-        return cls(frozenset(records))
+    def of(cls, records: Iterable[NameRecord], forgets: Iterable[ForgetRecord] = ()) -> NameSet:
+        return cls(frozenset(records), frozenset(forgets))
 
     def merge(self, other: NameSet) -> NameSet:
-        """The union: commutative, associative, idempotent."""
-        return NameSet(self.records | other.records)
+        """The union of records and of forget records, less the records forgotten:
+        commutative, associative, idempotent."""
+        return NameSet(self.records | other.records, self.forgets | other.forgets)
 
     __or__ = merge
 
@@ -258,8 +363,10 @@ class NameSet:
         )
 
     def to_text(self) -> str:
-        """Canonical text: one line per record, by name then age (equal sets, equal text)."""
-        return "".join(r.text() for r in sorted(self.records, key=lambda r: (r.name, r._key)))
+        """Canonical text: one line per record, by name then age, then the forget records
+        (equal sets, equal text)."""
+        return "".join(r.text() for r in sorted(self.records, key=lambda r: (r.name, r._key))) + \
+            "".join(sorted(f.text() for f in self.forgets))
 
 
 def merge(*sets: NameSet) -> NameSet:
@@ -306,15 +413,94 @@ class NameDB:
         return f"{self.file.name}: entry at byte {entry.start}"
 
     def all(self) -> NameSet:
-        """Every record in the file."""
-        return NameSet.of(self._record(e) for e in self.file.entries() if e.kind == KIND)
+        """Every record in the file, and its forget records (the records they forget are
+        left out: NameSet)."""
+        entries = self.file.entries()
+        return NameSet.of(
+            (self._record(e) for e in entries if e.kind == KIND),
+            (ForgetRecord.from_entry(e, self._where(e)) for e in entries if e.kind == FORGET),
+        )
+
+    def forgets(self, name: str) -> list[ForgetRecord]:
+        """The forget records of *name*."""
+        return [ForgetRecord.from_entry(m.entry, self._where(m.entry))
+                for m in self.file.search(FORGET, name) if m.entry.kind == FORGET]
 
     def history(self, name: str) -> list[NameRecord]:
-        """Every record of *name*, latest first (read through the index for big files)."""
+        """Every record of *name* not forgotten, latest first (read through the index for
+        big files)."""
         records = {
             self._record(m.entry) for m in self.file.search(KIND, name) if m.entry.kind == KIND
         }
-        return sorted(records, key=lambda r: r._key, reverse=True)
+        gone = forgotten_by(self.forgets(name))
+        return sorted((r for r in records if target_of(r) not in gone), key=lambda r: r._key,
+                      reverse=True)
+
+    def forget(
+        self,
+        name: str,
+        policy: retention.Policy,
+        caller: access.Caller,
+        *,
+        dry_run: bool = False,
+        node: str | None = None,
+        when: str | None = None,
+    ) -> ForgetPlan:
+        """Apply *policy* to *name*'s history; append a forget record for each record it does
+        not keep (none with *dry_run*). Returns the plan: what is kept (and why), what is
+        forgotten.
+
+        The name's latest record is always kept when it is a save. A deleted name (latest
+        record a tombstone) has no protected snapshot: the policy alone decides, and when it
+        keeps nothing, or is empty, the tombstone is forgotten too and the name is gone
+        whole. An empty policy on a name that is not deleted is refused (restic refuses it
+        too). Only the name's owner, or a privileged caller, may forget (nameaccess), checked
+        under the file's lock, as is the whole plan: a concurrent save is a newer record,
+        which the plan never names."""
+        check_name(name)
+        self._check_user(caller.user)
+        with self.file.locked() as f:
+            history = self.history(name)
+            if not history or not access.may_read(history[0], caller):
+                raise NdbNotFound(f"no name {name!r}")
+            latest = history[0]
+            if not access.may_administer(latest, caller):
+                raise NdbPermission(
+                    errno.EPERM,
+                    f"only the owner of name {name!r} ({access.owner_of(latest)}) or root may "
+                    "forget its snapshots",
+                )
+            if policy.empty and not latest.tombstone:
+                raise NdbValueError(
+                    "no policy given (--keep-last, --keep-daily, ..., --keep-within): nothing "
+                    "would be forgotten"
+                )
+            snaps = [r for r in history if not r.tombstone]
+            if policy.empty:
+                decisions = [retention.Decision(False, ()) for _ in snaps]
+            else:
+                times = [retention.to_datetime(r.order_key[0]) for r in snaps]
+                decisions = retention.apply(times, policy)
+            plan = ForgetPlan(name=name)
+            for r, d in zip(snaps, decisions, strict=True):
+                reasons = d.reasons
+                if r is latest:
+                    reasons = ("latest", *reasons)
+                if reasons:
+                    plan.kept.append((r, reasons))
+                else:
+                    plan.forgotten.append(r)
+            if latest.tombstone:
+                if plan.kept:
+                    plan.kept.insert(0, (latest, ("deleted: the tombstone stays",)))
+                else:
+                    plan.forgotten = list(history)  # the name goes whole, tombstones too
+            if plan.forgotten and not dry_run:
+                stamp = now_date() if when is None else when
+                plan.records = [ForgetRecord.of(r, user=caller.user, when=stamp, node=node)
+                                for r in plan.forgotten]
+                f.append("".join(x.text() for x in plan.records).encode("utf-8"))
+        return plan
 
     def latest(self, name: str) -> NameRecord | None:
         h = self.history(name)
@@ -594,22 +780,54 @@ class NameDB:
             when = date_after(current.date)
         return when
 
-    def merge_from(self, records: Iterable[NameRecord]) -> list[NameRecord]:
-        """Append the records of *records* this file lacks (one write); return them.
+    def merge_from(
+        self, records: Iterable[NameRecord], forgets: Iterable[ForgetRecord] = ()
+    ) -> list[NameRecord]:
+        """Append the records and forget records this file lacks (one write); return the
+        name records added.
 
         This is merge on files: after A.merge_from(B) and B.merge_from(A) both files hold
-        the same set of records, whatever order they were written in.
+        the same set of records, whatever order they were written in. A record that a forget
+        record (here or incoming) names is not written: it would only be hidden.
         """
         incoming = set(records)
-        if not incoming:
+        incoming_forgets = set(forgets)
+        if not incoming and not incoming_forgets:
             return []
         with self.file.locked() as f:
+            entries = f.parse().entries
             have = {
                 NameRecord.from_entry(e, f"{self.file.name}:{e.lineno}")
-                for e in f.parse().entries
+                for e in entries
                 if e.kind == KIND
             }
-            new = sorted(incoming - have, key=lambda r: (r.name, r._key))
-            if new:
-                f.append("".join(r.text() for r in new).encode("utf-8"))
+            have_forgets = {
+                ForgetRecord.from_entry(e, f"{self.file.name}:{e.lineno}")
+                for e in entries
+                if e.kind == FORGET
+            }
+            gone = forgotten_by(have_forgets | incoming_forgets)
+            new = sorted((r for r in incoming - have if target_of(r) not in gone),
+                         key=lambda r: (r.name, r._key))
+            new_forgets = sorted(x.text() for x in incoming_forgets - have_forgets)
+            if new or new_forgets:
+                f.append(("".join(r.text() for r in new) + "".join(new_forgets)).encode("utf-8"))
         return new
+
+
+@dataclass
+class ForgetPlan:
+    """What ``NameDB.forget`` decided for one name."""
+
+    name: str
+    kept: list[tuple[NameRecord, tuple[str, ...]]] = field(default_factory=list)
+    forgotten: list[NameRecord] = field(default_factory=list)
+    records: list[ForgetRecord] = field(default_factory=list)  # written (none on a dry run)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "keep": [{**r.as_dict(), "reasons": list(why)} for r, why in self.kept],
+            "forget": [r.as_dict() for r in self.forgotten],
+            "written": len(self.records),
+        }

@@ -24,11 +24,12 @@ import contextlib
 import logging
 import os
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ndb.errors import NdbError, NdbRecordError, NdbValueError
-from ndb.names import KIND, NameDB, NameRecord
+from ndb.names import FORGET, KIND, ForgetRecord, NameDB, NameRecord
 from ndb.syntax import parse
 from ndb.values import check_not_future
 from replication import control
@@ -55,6 +56,13 @@ def parse_names(text: str, where: str = "<peer names>") -> list[NameRecord]:
     parsed = parse(text.encode("utf-8"), where)
     return [NameRecord.from_entry(e, f"{where}:{e.lineno}") for e in parsed.entries
             if e.kind == KIND]
+
+
+def parse_forgets(text: str, where: str = "<peer names>") -> list[ForgetRecord]:
+    """The forget records of an ndb text (docs/ndb.md, "Forgetting")."""
+    parsed = parse(text.encode("utf-8"), where)
+    return [ForgetRecord.from_entry(e, f"{where}:{e.lineno}") for e in parsed.entries
+            if e.kind == FORGET]
 
 
 # Attributes that mean something about who may do what (users, groups, keys, peers): a name
@@ -84,9 +92,11 @@ def check_peer_records(records: list[NameRecord], where: str) -> None:
             )
 
 
-def merge_present(names: NameDB, store: BlockStore, records: list[NameRecord]) -> tuple[
+def merge_present(names: NameDB, store: BlockStore, records: list[NameRecord],
+                  forgets: Iterable[ForgetRecord] = ()) -> tuple[
         list[NameRecord], list[NameRecord]]:
-    """Merge the records whose root block *store* holds (tombstones always) into *names*.
+    """Merge the records whose root block *store* holds (tombstones always) into *names*,
+    and every forget record (they reference no block).
 
     Returns (added, skipped). This is the one place a replicated name is recorded, so
     invariant 4 is checked here for push and pull alike.
@@ -95,7 +105,7 @@ def merge_present(names: NameDB, store: BlockStore, records: list[NameRecord]) -
     absent = set(store.missing(roots)) if roots else set()
     keep = [r for r in records if r.score_raw is None or r.score_raw not in absent]
     skipped = [r for r in records if r.score_raw is not None and r.score_raw in absent]
-    return names.merge_from(keep), skipped
+    return names.merge_from(keep, forgets), skipped
 
 
 class PeerListener:
@@ -212,8 +222,10 @@ class PeerListener:
                     return {"ok": False, "error": f"a merge is at most {control.MERGE_MAX} bytes of "
                                                   "ndb text: send it in pieces"}
                 records = parse_names(text, f"names from {peer}")
+                forgets = parse_forgets(text, f"names from {peer}")
                 check_peer_records(records, f"names from {peer}")
-                added, skipped = merge_present(NameDB(self.names_path), self.store, records)
+                added, skipped = merge_present(NameDB(self.names_path), self.store, records,
+                                               forgets)
                 if added or skipped:
                     log.info("peer %s: %d name record(s) merged, %d skipped (root absent)",
                              peer, len(added), len(skipped))

@@ -41,7 +41,7 @@ from typing import Any
 from ndb.errors import NdbError
 from ndb.names import NameDB, NameSet
 from replication.control import MERGE_MAX, MERGE_MAX_RECORDS, ControlClient, ControlError
-from replication.listener import check_peer_records, merge_present, parse_names
+from replication.listener import check_peer_records, merge_present, parse_forgets, parse_names
 from store.base import BlockStore, LogRecord
 from store.block import BlockType
 from store.client import RemoteStore
@@ -381,8 +381,10 @@ def pull_blocks(ctl: ControlClient, remote: BlockStore, local: BlockStore, stats
 
 def push_names(ctl: ControlClient, local: NameSet, stats: Stats) -> None:
     """Offer the peer the local name records it lacks."""
-    theirs = NameSet.of(parse_names(ctl.names(), f"names of {stats.peer}"))
-    lacking = NameSet(local.records - theirs.records)
+    text = ctl.names()
+    theirs = NameSet.of(parse_names(text, f"names of {stats.peer}"),
+                        parse_forgets(text, f"names of {stats.peer}"))
+    lacking = NameSet(local.records - theirs.records, local.forgets - theirs.forgets)
     chunk: list[str] = []
     size = 0
     # The receiver refuses a merge over control.MERGE_MAX bytes: send it in pieces.
@@ -404,9 +406,10 @@ def _merge(ctl: ControlClient, text: str, stats: Stats) -> None:
 
 def pull_names(ctl: ControlClient, names: NameDB, store: BlockStore, stats: Stats) -> None:
     """Merge the peer's name records this node lacks, those whose root block it holds."""
-    theirs = parse_names(ctl.names(), f"names of {stats.peer}")
+    text = ctl.names()
+    theirs = parse_names(text, f"names of {stats.peer}")
     check_peer_records(theirs, f"names of {stats.peer}")
-    added, skipped = merge_present(names, store, theirs)
+    added, skipped = merge_present(names, store, theirs, parse_forgets(text, f"names of {stats.peer}"))
     stats.names += len(added)
     stats.skipped_names += len(skipped)
 

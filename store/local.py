@@ -63,6 +63,7 @@ _META_INDEXED_TO = b"indexed_to"
 _META_BLOCKS = b"blocks"
 _META_STORED = b"stored_bytes"
 _META_LOGICAL = b"logical_bytes"
+_META_DOOMED = b"doomed"  # segment starts (u64 each) prune has emptied and is removing
 _COMPLETE = "COMPLETE"  # in index.new: the rebuilt index is whole and may be swapped in
 _MDB_MAGIC = 0xBEEFC0DE
 
@@ -125,6 +126,7 @@ class LocalStore(BlockStore):
                 self.last_rebuild = self._rebuild_aside()
             self._open_index()
             self._load_meta()
+            self._finish_drop()
             if not readonly:
                 self._recover()
         except BaseException:
@@ -193,7 +195,7 @@ class LocalStore(BlockStore):
         path: str | os.PathLike[str],
         *,
         readonly: bool = False,
-        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        segment_size: int | None = None,
         cache_bytes: int = 16 << 20,
         compress_level: int = 3,
         rebuild: bool = False,
@@ -207,6 +209,12 @@ class LocalStore(BlockStore):
             raise StoreError(f"no block store at {p} (run `grid init`)")
         if fmt.read_text() != FORMAT_LINE:
             raise StoreError(f"store {p} has an unknown format {fmt.read_text().strip()!r}")
+        if segment_size is None:
+            # A store may fix its own segment size (docs/store.md): small stores and tests.
+            try:
+                segment_size = int((p / "segment_size").read_text())
+            except (FileNotFoundError, ValueError):
+                segment_size = DEFAULT_SEGMENT_SIZE
         return cls(
             p,
             readonly=readonly,
@@ -594,7 +602,124 @@ class LocalStore(BlockStore):
                     item.reason,
                 )
             hdr = item.header
+            loc = self._locate(hdr.score)
+            if loc is not None and loc.position != item.position:
+                continue  # a superseded copy (prune moved the block on): its later copy is sent
             yield LogRecord(item.position, item.position + hdr.total_len, Score(hdr.score), BlockType(hdr.type), item.data)
+
+    # -- prune (store.prune) ------------------------------------------------------------------
+
+    def locate(self, score: bytes) -> Location | None:
+        """Where the index (or the unsynced tail) has *score*'s record."""
+        self._check_open()
+        return self._locate(bytes(score))
+
+    def segment_starts(self) -> list[int]:
+        with self._wlock:
+            return list(self._starts)
+
+    def segment_size_of(self, start: int) -> int:
+        with self._wlock:
+            if start == self._cur_start and not self.readonly:
+                return self._cur_size
+        return os.path.getsize(self._seg_path(start))
+
+    def index_entries(self) -> Iterator[tuple[bytes, Location]]:
+        """Every committed index entry, in one LMDB snapshot (call ``sync`` first)."""
+        self._check_open()
+        with self._env.begin(db=self._db) as txn:
+            for key, val in txn.cursor():
+                yield bytes(key), Location.unpack(val)
+
+    def copy_record(self, score: bytes, loc: Location) -> Location:
+        """Append a copy of the record at *loc* (the same header and stored payload) to the
+        log's end; the index names the copy from the next ``sync``. For prune only: the
+        caller verified the block and orders copies children first (closure)."""
+        self._check_open()
+        seg = self._segment_of(loc.position)
+        total = RECORD_HEADER_SIZE + loc.stored_len
+        raw = os.pread(self._read_fd(seg), total, loc.position - seg)
+        hdr = decode_record_header(raw)
+        if hdr.score != score or len(raw) != total:
+            raise CorruptBlock(score, str(_Where(self, seg)), "record does not match the index")
+        with self._wlock:
+            if self._cur_size + total > self.segment_size and self._cur_size > SEGMENT_HEADER_SIZE:
+                self._roll()
+            pos = self._cur_start + self._cur_size
+            try:
+                _write_all(self._append_fd, raw)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._append_fd, self._cur_size)
+                raise
+            self._cur_size += total
+            new = Location(pos, loc.type, loc.codec, loc.stored_len, loc.raw_len)
+            self._pending[score] = new
+            self._unsynced_fds.add(self._append_fd)
+            self._unsynced_bytes += total
+        return new
+
+    def drop_segments(self, starts: list[int]) -> tuple[int, int]:
+        """Remove the segments *starts* (never the one being appended to): delete the index
+        entries that still point into them (the blocks nobody copied: dead) and name them in
+        ``doomed``, in one commit; then unlink the files. Returns (entries deleted, bytes of
+        files removed). A kill after the commit is finished by the next open."""
+        self._check_open()
+        if not starts:
+            return 0, 0
+        self.sync()
+        doomed = set(starts)
+        with self._wlock:
+            if self._cur_start in doomed:
+                raise StoreError("prune cannot remove the segment being appended to")
+            sorted_starts = list(self._starts)
+        dropped = stored = logical = 0
+        with self._env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._db)
+            for key, val in cur:
+                loc = Location.unpack(val)
+                seg = sorted_starts[bisect.bisect_right(sorted_starts, loc.position) - 1]
+                if seg in doomed:
+                    txn.delete(key, db=self._db)
+                    dropped += 1
+                    stored += RECORD_HEADER_SIZE + loc.stored_len
+                    logical += loc.raw_len
+            with self._wlock:
+                self._blocks -= dropped
+                self._stored -= stored
+                self._logical -= logical
+                counters = (self._blocks, self._stored, self._logical)
+            txn.put(_META_BLOCKS, _u64(counters[0]), db=self._meta)
+            txn.put(_META_STORED, _u64(counters[1]), db=self._meta)
+            txn.put(_META_LOGICAL, _u64(counters[2]), db=self._meta)
+            txn.put(_META_DOOMED, b"".join(_u64(x) for x in sorted(doomed)), db=self._meta)
+        self._cache = BlockCache(self._cache.max_bytes)
+        freed = sum(os.path.getsize(self._seg_path(x)) for x in doomed if self._seg_path(x).exists())
+        self._finish_drop()
+        return dropped, freed
+
+    def _finish_drop(self) -> None:
+        """Remove the segments the index's ``doomed`` key names (a prune's last step; also
+        run on open, after a kill). A read-only open only stops seeing them."""
+        with self._env.begin(db=self._meta) as txn:
+            raw = txn.get(_META_DOOMED)
+        if not raw:
+            return
+        doomed = {int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw), 8)}
+        with self._wlock:
+            self._starts = [x for x in self._starts if x not in doomed or x == self._cur_start]
+            for x in doomed:
+                fd = self._read_fds.pop(x, None)
+                if fd is not None:
+                    self._retired_fds.append(fd)  # closed at the next sync
+        if self.readonly:
+            return
+        for x in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._seg_path(x))
+        _fsync_dir(self.path / "segments")
+        with self._env.begin(write=True, db=self._meta) as txn:
+            txn.delete(_META_DOOMED)
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -712,7 +837,9 @@ class LocalStore(BlockStore):
                     hdr = item.header
                     rep.records += 1
                     loc = Location(item.position, hdr.type, hdr.codec, hdr.stored_len, hdr.raw_len)
-                    if txn.put(hdr.score, loc.pack(), db=db, overwrite=False):
+                    # The last copy wins: prune's copies come after the old records, and
+                    # only the index's copy keeps every prefix closed (docs/store.md).
+                    if txn.replace(hdr.score, loc.pack(), db=db) is None:
                         rep.blocks += 1
                         rep.stored_bytes += hdr.total_len
                         rep.logical_bytes += hdr.raw_len

@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "archive_cmd",
     "ndb_cmd",
     "names_cmd",
+    "forget_cmd",
+    "prune_cmd",
     "user_cmd",
     "peer_cmd",
     "spawn_cmd",

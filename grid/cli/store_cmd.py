@@ -109,21 +109,38 @@ def run_stat(args: argparse.Namespace) -> int:
     import json
 
     from grid.progress import human_bytes
+    from store.prune import read_stat
 
     with _open(args, readonly=True) as store:
         st = store.statistics()
-        segments = len(list((store.path / "segments").glob("*.seg")))
+        path = getattr(store, "path", None)
+        segments = len(list((path / "segments").glob("*.seg"))) if path is not None else 0
+        mark = read_stat(path) if path is not None else None
     ratio = st.logical_bytes / st.stored_bytes if st.stored_bytes else 1.0
+    since = max(0, st.position - mark["position"]) if mark else None
     if args.json:
         print(json.dumps({"blocks": st.blocks, "stored_bytes": st.stored_bytes,
                           "logical_bytes": st.logical_bytes, "ratio": round(ratio, 4),
-                          "position": st.position, "segments": segments}))
+                          "position": st.position, "segments": segments,
+                          "live_bytes": mark["live_bytes"] if mark else None,
+                          "dead_bytes": mark["dead_bytes"] if mark else None,
+                          "marked_at": mark["marked_at"] if mark else None,
+                          "written_since_mark": since}))
     else:
         print(f"blocks         {st.blocks}")
         print(f"stored         {human_bytes(st.stored_bytes)} ({st.stored_bytes} bytes, with record headers)")
         print(f"logical        {human_bytes(st.logical_bytes)} ({st.logical_bytes} bytes of block payload)")
         print(f"compression    {ratio:.2f}x (logical / stored)")
         print(f"log position   {st.position} in {segments} segment(s)")
+        if mark:
+            import time
+
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mark["marked_at"]))
+            print(f"live           {human_bytes(mark['live_bytes'])} at the last mark ({when}; "
+                  f"{human_bytes(since or 0)} written since, not yet classified)")
+            print(f"dead           {human_bytes(mark['dead_bytes'])} reclaimable by `grid prune`")
+        else:
+            print("live / dead    unknown: run `grid prune --dry-run` to mark")
     return 0
 
 

@@ -15,6 +15,8 @@ come here too, so every path applies the one rule of ndb.nameaccess to the same 
     name_chown  [NAME, USER[:GROUP]]  owner: root only; group: the owner, to one of theirs
     name_share  [NAME, USER|@GROUP] {write}   let them read (and write) it
     name_unshare [NAME, USER|@GROUP]
+    name_forget [NAME] {keep_last, keep_hourly, ..., keep_within, dry_run}
+                                      apply a retention policy; the owner or root
 
 Each returns record dicts (``NameRecord.as_dict``), as ``grid names --json`` prints them.
 """
@@ -96,12 +98,21 @@ def _unshare(db: NameDB, who: Caller, name: str, principal: str) -> dict:
     return db.unshare(name, principal, who).as_dict()
 
 
+def _forget(db: NameDB, who: Caller, name: str, dry_run: bool = False, **keep: Any) -> dict:
+    from ndb.retention import Policy, Within
+
+    within = keep.pop("keep_within", None)
+    counts = {k.removeprefix("keep_"): int(v) for k, v in keep.items() if v is not None}
+    policy = Policy(**counts, within=Within.parse(within) if within else None)
+    return db.forget(name, policy, who, dry_run=bool(dry_run)).as_dict()
+
+
 #: What the local CLI does on the files itself when it may (as a privileged caller), and the
 #: daemon does for everyone else: one implementation for both.
 LOCAL: dict[str, Callable[..., Any]] = {
     "names": _names, "history": _history, "name_get": _get, "name_set": _set,
     "name_rm": _rm, "name_chmod": _chmod, "name_chown": _chown, "name_share": _share,
-    "name_unshare": _unshare,
+    "name_unshare": _unshare, "name_forget": _forget,
 }
 
 

@@ -137,6 +137,7 @@ def test_public_names():
         "names",
         "peers",
         "query",
+        "retention",
         "syntax",
         "users",
         "values",

@@ -260,3 +260,38 @@ def test_the_rate_limit_sleeps_to_keep_the_average(monkeypatch):
     assert len(slept) == 2
     rep.RateLimit(None).spend(10**12)  # no limit: no sleep
     assert len(slept) == 2
+
+
+def test_forget_records_replicate_and_hide_the_peer_copy(pki, served, tmp_path):
+    """Push a name's history, forget most of it here, push again: the peer holds the forget
+    records, shows only what is kept, and a later push of the old records brings nothing
+    back; pulling gives this node the peer's forget records too."""
+    from ndb.nameaccess import Caller
+    from ndb.names import NameSet
+    from ndb.retention import Policy
+
+    local = MemoryStore()
+    root, _scores = tree(local)
+    mine = NameDB(tmp_path / "names")
+    for d in range(1, 5):
+        mine.set("p", format_score(root), "alice", date=f"2026-03-0{d}T12:00:00.000000Z")
+    remote, ctl = connect("server", served.addr, pki.client_ctx("client"), me="client")
+    with remote, ctl:
+        stats = Stats(peer="server", mode=PUSH)
+        push_blocks(local, remote, stats, 0, lambda pos: None)
+        old = mine.all()
+        push_names(ctl, old, stats)
+        assert len(NameDB(served.names_path).history("p")) == 4
+        mine.forget("p", Policy(last=1), Caller("alice"))
+        push_names(ctl, mine.all(), Stats(peer="server", mode=PUSH))
+        theirs = NameDB(served.names_path)
+        assert len(theirs.history("p")) == 1 and len(theirs.all().forgets) == 3
+        again = Stats(peer="server", mode=PUSH)
+        push_names(ctl, NameSet.of(old.records), again)  # a peer that still has them
+        assert again.names == 0 and len(theirs.history("p")) == 1
+        fresh = NameDB(tmp_path / "fresh")
+        fresh.merge_from(old.records)
+        from replication.replicate import pull_names
+
+        pull_names(ctl, fresh, local, Stats(peer="server", mode=PUSH))
+        assert len(fresh.history("p")) == 1
