@@ -10,10 +10,16 @@ directory (its Unix socket too, so the transports match). The clients are the sa
   read of the spawn is cold, from the block store; later runs are warm; diod's are from the
   page cache after the first);
 * getattr: `diodload -g` (16 threads stat `ctl:null`) ops/s;
-* read + write of synthetic files: `diodload` (threads copy `ctl:zero` to `ctl:null`), MB/s.
+* read + write of synthetic files: `diodload` (threads copy `ctl:zero` to `ctl:null`), MB/s;
+* large sequential write: diod has no writing tool, so the bench's own minimal 9P2000.L
+  client (blocking socket, raw frames, no per-message validation: the same code for both
+  servers) creates a file and writes --mib MiB to it in --wmsize requests, --depth of them
+  in flight (1 = one at a time, as diodcat reads), then clunks it and removes it, MB/s
+  from the first Twrite to the Rclunk; no fsync on either side (diod writes to ext4's page
+  cache, grid to its overlay and journal).
 
 Each figure is the best of --runs, and the ratios grid/diod are what DESIGN.md's targets
-speak of (large reads >= 0.8, getattr >= 0.5). Needs root (diod runs as root, -n: no auth)
+speak of (large reads >= 0.8, getattr >= 0.5, writes >= 0.5). Needs root (diod runs as root, -n: no auth)
 and the Debian diod package. The machine is noisy: compare ratios, not absolute figures.
 """
 
@@ -23,6 +29,8 @@ import argparse
 import contextlib
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,6 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SBIN = "/usr/sbin"
 
 
@@ -69,6 +78,69 @@ def cat_mbs(server: str, aname: str, name: str, size: int, msize: int) -> float:
     return size / took / 1e6
 
 
+def _rpc(sock: socket.socket, frame: bytes, want: int) -> bytes:
+    sock.sendall(frame)
+    return _reply(sock, want)
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+def _reply(sock: socket.socket, want: int) -> bytes:
+    size, rtype = struct.unpack("<IB", _recv(sock, 5))
+    body = _recv(sock, size - 5)
+    if rtype != want:
+        code = struct.unpack_from("<I", body, 2)[0] if rtype == 7 else -1
+        raise OSError(code, f"9P reply type {rtype}, wanted {want}")
+    return body
+
+
+def write_mbs(server: str, aname: str, size: int, msize: int, depth: int) -> float:
+    """Create ``wbench`` at the root of *aname*, write *size* bytes in msize - 24 byte
+    Twrites (*depth* in flight), clunk and remove it; MB/s up to the Rclunk."""
+    from spawn.ninep import messages as m9
+    from spawn.ninep.codec import encode
+    from spawn.ninep.messages import NOFID, NOTAG, Dialect
+
+    L = Dialect.LINUX
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(server)
+        body = _rpc(sock, encode(m9.Tversion(tag=NOTAG, msize=msize, version=b"9P2000.L"), L), 101)
+        msize = struct.unpack_from("<I", body, 2)[0]
+        _rpc(sock, encode(m9.Tattach(tag=1, fid=0, afid=NOFID, uname=b"", aname=aname.encode(),
+                                     n_uname=os.geteuid()), L), 105)
+        _rpc(sock, encode(m9.Twalk(tag=1, fid=0, newfid=1, wnames=()), L), 111)
+        _rpc(sock, encode(m9.Tlcreate(tag=1, fid=1, name=b"wbench", flags=os.O_WRONLY,
+                                      mode=0o644, gid=os.getegid()), L), 15)
+        chunk = msize - 24
+        block = (os.urandom(chunk // 2) + bytes(chunk - chunk // 2))  # half compressible
+        head = struct.Struct("<IBHIQI")
+        t0 = time.perf_counter()
+        offset = inflight = 0
+        tag = 0
+        while offset < size or inflight:
+            while offset < size and inflight < depth:
+                n = min(chunk, size - offset)
+                tag = (tag + 1) % 0xFFFF
+                sock.sendall(head.pack(23 + n, 118, tag, 1, offset, n) + block[:n])
+                offset += n
+                inflight += 1
+            _reply(sock, 119)
+            inflight -= 1
+        _rpc(sock, encode(m9.Tclunk(tag=1, fid=1), L), 121)
+        took = time.perf_counter() - t0
+        _rpc(sock, encode(m9.Twalk(tag=1, fid=0, newfid=2, wnames=(b"wbench",)), L), 111)
+        _rpc(sock, encode(m9.Tremove(tag=1, fid=2), L), 123)
+    return size / took / 1e6
+
+
 def load(server: str, seconds: int, msize: int, getattr: bool) -> tuple[int, int, int]:
     """diodload's "N ops/s, R rMB/s, W wMB/s"."""
     args = [tool("diodload"), "-s", server, "-r", str(seconds), "-m", str(msize)]
@@ -86,6 +158,9 @@ def main() -> None:
     ap.add_argument("--msize", type=int, default=65536, help="9P msize for both")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3, help="diodload run time")
+    ap.add_argument("--wmsize", type=int, default=(1 << 20) + 24, help="msize of the write row")
+    ap.add_argument("--depth", type=int, default=1, help="Twrites in flight in the write row")
+    ap.add_argument("--only", default="", help="comma-separated rows: read,getattr,rw,write")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/ninep: run as root (diod serves as root with -n)")
@@ -105,6 +180,7 @@ def main() -> None:
         daemon = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "serve"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_socket(home / "run" / "9p.sock", daemon, "grid serve")
+        print(f"bench/ninep: grid serve pid {daemon.pid}", file=sys.stderr, flush=True)
         sid = grid(home, "spawn", "-q", "bench").strip()
         dsock = base / "diod.sock"
         diod = subprocess.Popen([tool("diod"), "-f", "-n", "-l", str(dsock), "-e", str(data),
@@ -113,16 +189,24 @@ def main() -> None:
         wait_socket(dsock, diod, "diod")
         servers = {"grid": (str(home / "run" / "9p.sock"), sid), "diod": (str(dsock), str(data))}
         results: dict[str, dict[str, float]] = {k: {} for k in servers}
+        rows = set(args.only.split(",")) if args.only else {"read", "getattr", "rw", "write"}
         for who, (sock, aname) in servers.items():
-            reads = [cat_mbs(sock, aname, "big", size, args.msize) for _ in range(args.runs)]
-            results[who]["read cold MB/s"] = reads[0]
-            results[who]["read warm MB/s"] = max(reads[1:] or reads)
-            g = [load(sock, args.seconds, args.msize, True)[0] for _ in range(args.runs)]
-            results[who]["getattr ops/s"] = max(g)
-            rw = [load(sock, args.seconds, args.msize, False) for _ in range(args.runs)]
-            results[who]["zero->null MB/s"] = max(r[1] for r in rw)
+            if "read" in rows:
+                reads = [cat_mbs(sock, aname, "big", size, args.msize) for _ in range(args.runs)]
+                results[who]["read cold MB/s"] = reads[0]
+                results[who]["read warm MB/s"] = max(reads[1:] or reads)
+            if "getattr" in rows:
+                g = [load(sock, args.seconds, args.msize, True)[0] for _ in range(args.runs)]
+                results[who]["getattr ops/s"] = max(g)
+            if "rw" in rows:
+                rw = [load(sock, args.seconds, args.msize, False) for _ in range(args.runs)]
+                results[who]["zero->null MB/s"] = max(r[1] for r in rw)
+            if "write" in rows:
+                w = [write_mbs(sock, aname, size, args.wmsize, args.depth) for _ in range(args.runs)]
+                results[who]["write MB/s"] = max(w)
         print(f"9P: grid (spawn over its Unix socket) vs diod (directory, Unix socket); "
-              f"{args.mib} MiB file, msize {args.msize}, best of {args.runs}")
+              f"{args.mib} MiB file, msize {args.msize} (writes: {args.wmsize}, {args.depth} in "
+              f"flight), best of {args.runs}; load average {os.getloadavg()[0]:.2f}")
         print(f"{'':20} {'grid':>10} {'diod':>10} {'grid/diod':>10}")
         for key in results["grid"]:
             gv, dv = results["grid"][key], results["diod"][key]
