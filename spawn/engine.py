@@ -40,6 +40,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -259,6 +260,41 @@ class SaveWindow:
     abort: Callable[[], None] | None = None  # how Engine.close stops the save
 
 
+def _get_inode(ov: Overlay, archive: Archive, txn, ino: int) -> OInode | None:
+    """The inode as the spawn sees it in *txn*: the overlay's record, else the base's."""
+    v = txn.get(ino_bytes(ino), db=ov.inodes)
+    if v is not None:
+        o = decode_oinode(v)
+        return None if o.flags & FLAG_DELETED else o
+    try:
+        i = archive.inode(ino)
+    except LookupError:
+        return None
+    return OInode(i, i.size if i.is_reg() else 0)
+
+
+class _SnapshotReader:
+    """One thread's reader of a spawn's files from the last checkpoint (see
+    ``Engine.read_snapshot``): its own file view, and the archive of the base that the
+    checkpoint names (a save's rebase changes it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.ov = engine.ov
+        self.store = engine.store
+        self.files = FileView(engine.store, engine.ov)
+        self.archive: Archive | None = None
+
+    def read(self, ino: int, offset: int, size: int) -> bytes | None:
+        with self.ov.env.begin() as txn:
+            base = txn.get(b"base", db=self.ov.meta)
+            if self.archive is None or bytes(self.archive.score) != base:
+                self.archive = Archive(self.store, base)
+            o = _get_inode(self.ov, self.archive, txn, ino)
+            if o is None or not o.inode.is_reg():
+                return None
+            return self.files.read(txn, ino, o, offset, size)
+
+
 class Engine:
     """One spawn's filesystem. See the module docstring."""
 
@@ -293,6 +329,8 @@ class Engine:
         self._allocs: dict[bytes, int] = {}  # hash tree -> bytes of stored leaves
         self._open: dict[int, int] = {}  # ino -> open count (opens do not survive a restart)
         self.saving: SaveWindow | None = None  # set while a save runs (spawn.save)
+        self._snap_readers: dict[int, _SnapshotReader] = {}  # thread id -> its reader
+        self._snap_lock = threading.Lock()  # a snapshot read in progress vs close
         self._spill_retry_at: int | None = None
         self._purge_orphans()
         self.ov.checkpoint()  # a new spawn is on disk before anyone hears of it
@@ -312,7 +350,8 @@ class Engine:
         if self.saving is not None and self.saving.abort is not None:
             self.saving.abort()
         self.saving = None
-        self.ov.close()
+        with self._snap_lock:  # no other thread's snapshot read is using the environment
+            self.ov.close()
 
     def _reading(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
         """The view for an operation that changes nothing: on the owner thread, every
@@ -327,15 +366,7 @@ class Engine:
     # -- inodes ------------------------------------------------------------------------
 
     def _get(self, txn, ino: int) -> OInode | None:
-        v = txn.get(ino_bytes(ino), db=self.ov.inodes)
-        if v is not None:
-            o = decode_oinode(v)
-            return None if o.flags & FLAG_DELETED else o
-        try:
-            i = self.archive.inode(ino)
-        except LookupError:
-            return None
-        return OInode(i, i.size if i.is_reg() else 0)
+        return _get_inode(self.ov, self.archive, txn, ino)
 
     def _attr(self, txn, ino: int, o: OInode) -> Attr:
         """The attributes clients see, with the bytes a regular file's data occupies: its
@@ -808,6 +839,29 @@ class Engine:
             if not o.inode.is_reg():
                 raise _err(errno.EINVAL)
             return self.files.read(txn, ino, o, offset, size)
+
+    def read_snapshot(self, cred: Cred, ino: int, offset: int, size: int) -> bytes | None:
+        """``read`` from a thread that is not the owner, without a hop to it: the bytes, or
+        None when this cannot be done safely here (the caller then asks the owner).
+
+        Safe only while the overlay is *clean*: every completed operation is in a committed
+        LMDB transaction, so a read transaction begun now sees all of them (a change still
+        running on the owner thread is concurrent with this read, which may then come
+        before it). The reader has its own transaction, file view and archive (their caches
+        are not thread-safe; the block store is), one per calling thread. Like ``read``, it
+        checks nothing about *cred*: reads go through a handle an open checked."""
+        if not self.ov.clean:
+            return None
+        r = self._snap_readers.get(threading.get_ident())
+        if r is None:
+            r = self._snap_readers[threading.get_ident()] = _SnapshotReader(self)
+        with self._snap_lock:
+            if self.ov.closed:
+                return None
+            try:
+                return r.read(ino, offset, size)
+            except Exception:  # the owner gives the proper answer (or error)
+                return None
 
     def write(self, cred: Cred, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
         """Write *data* at *offset* (at the end, atomically, with *append*). A write by

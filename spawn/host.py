@@ -115,6 +115,7 @@ class SpawnHost:
         self._tie = itertools.count()
         self._acks: dict[tuple[_Session, int], _Pending] = {}
         self._stopping = False
+        self._in_jobs = False  # the host thread is running jobs (read from other threads)
         self._last_request = time.monotonic()
         self.clients: tuple[ClientView, ...] = ()  # read from any thread
         self._thread = threading.Thread(target=self._run, name=f"spawn-{name}", daemon=True)
@@ -161,6 +162,14 @@ class SpawnHost:
 
         if op not in OPS:
             raise ValueError(f"no engine operation {op!r}")
+        if op == "read" and not kw and not self._stopping and not self._jobs and not self._in_jobs:
+            # A read needs no hop to the host thread while every change is committed and no
+            # job is queued or running (a pipelined write sent before this read must come
+            # first, as on the host): it reads the last checkpoint from this thread
+            # (Engine.read_snapshot), which is then all there is. Otherwise the host reads.
+            data = self.engine.read_snapshot(cred, *args)
+            if data is not None:
+                return data
         return await asyncio.wrap_future(self.call_future(op, cred, args, kw))
 
     def attach(self, sock: socket.socket, *, cred: Cred, mountpoint: str = "", caching: bool = False,
@@ -334,15 +343,22 @@ class SpawnHost:
                 pass
         except (BlockingIOError, OSError):
             pass
-        while self._jobs:
-            fn, fut = self._jobs.popleft()
-            if not fut.set_running_or_notify_cancel():
-                continue
-            self._last_request = time.monotonic()
-            try:
-                fut.set_result(fn())
-            except BaseException as e:
-                fut.set_exception(e)
+        self._in_jobs = True
+        try:
+            while self._jobs:
+                fn, fut = self._jobs[0]
+                try:
+                    if not fut.set_running_or_notify_cancel():
+                        continue
+                    self._last_request = time.monotonic()
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as e:
+                        fut.set_exception(e)
+                finally:
+                    self._jobs.popleft()  # only now: "no job queued" means none is running
+        finally:
+            self._in_jobs = False
 
     def _readable(self, s: _Session) -> None:
         try:

@@ -181,6 +181,12 @@ class Overlay:
         self._txn: lmdb.Transaction | None = None
         self._txn_thread = 0  # the thread that began it: only it may use and commit it
         self._since = time.monotonic()  # when the open transaction began
+        #: True while every operation is in a committed LMDB transaction (no open owner
+        #: transaction, no checkpoint half done): then a read transaction begun from any
+        #: thread sees every completed operation (``Engine.read_snapshot``). Set False
+        #: before the owner's transaction begins, True only after its commit returns.
+        self.clean = True
+        self.closed = False
         self.seq = self._replay()
         self.page_bytes = self._read_page_bytes()
         self.checkpoints = 0
@@ -225,6 +231,7 @@ class Overlay:
         """The owner thread's transaction: everything up to now, checkpointed or not. Owner
         thread only; for reading (changes go through ``op``)."""
         if self._txn is None:
+            self.clean = False
             self._txn = self.env.begin(write=True)
             self._txn_thread = threading.get_ident()
             self._since = time.monotonic()
@@ -254,12 +261,20 @@ class Overlay:
     def op(self) -> Iterator[JournaledTxn]:
         """One operation's changes: all of them or (on an exception) none, journaled before
         the block ends, so that the operation survives a kill of the process."""
+        fresh = self._txn is None
         jt = JournaledTxn(self.txn(), self._dbnum)
         try:
             yield jt
         except BaseException:
             jt.rollback()
+            if fresh:
+                self._drop_empty()
             raise
+        if not jt.entries and fresh:
+            # An operation that changed nothing (a release, a refused change) leaves no
+            # transaction open: the overlay stays clean for other threads' readers.
+            self._drop_empty()
+            return
         if jt.entries:
             self.seq += 1
             self.journal.append(self.seq, jt.entries)
@@ -269,6 +284,14 @@ class Overlay:
         if (self.journal.size >= CHECKPOINT_BYTES
                 or time.monotonic() - self._since >= CHECKPOINT_SECONDS):
             self.checkpoint()
+
+    def _drop_empty(self) -> None:
+        """End the owner's transaction, which holds no change (it was begun by the
+        operation that just ended and that operation changed nothing)."""
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.abort()
+        self.clean = True
 
     def checkpoint(self) -> None:
         """Commit the owner's transaction with a flush; the journal starts afresh. Owner
@@ -284,6 +307,7 @@ class Overlay:
         except BaseException:
             txn.abort()
             raise
+        self.clean = True
         self.journal.reset()
         self.checkpoints += 1
 
@@ -293,6 +317,7 @@ class Overlay:
 
     def close(self) -> None:
         self.checkpoint()
+        self.closed = True
         self.journal.close()
         self.env.close()
 
