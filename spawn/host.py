@@ -116,6 +116,10 @@ class SpawnHost:
         self._acks: dict[tuple[_Session, int], _Pending] = {}
         self._stopping = False
         self._in_jobs = False  # the host thread is running jobs (read from other threads)
+        # A wake-up is on its way for the jobs queued: ``submit`` writes a byte only when
+        # this is False; the host clears it before it drains the queue, so a job queued
+        # after the drain began always finds it False and wakes the host itself.
+        self._signalled = False
         self._last_request = time.monotonic()
         self.clients: tuple[ClientView, ...] = ()  # read from any thread
         self._thread = threading.Thread(target=self._run, name=f"spawn-{name}", daemon=True)
@@ -130,7 +134,9 @@ class SpawnHost:
             fut.set_exception(HostClosed(f"spawn {self.name} is closed"))
             return fut
         self._jobs.append(((lambda: fn(*args)) if args else fn, fut))
-        self._wake()
+        if not self._signalled:  # one wake-up byte per batch of jobs, not one per job
+            self._signalled = True
+            self._wake()
         return fut
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -343,6 +349,7 @@ class SpawnHost:
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._signalled = False  # before draining (see __init__)
         self._in_jobs = True
         try:
             while self._jobs:
