@@ -882,6 +882,7 @@ class Engine:
                 raise _err(errno.EFBIG, f"a file ends at {MAX_FILE_SIZE} bytes at most")
             new_size = max(o.inode.size, end)
             gen = self._gen(txn).to_bytes(8, "big")
+            view = memoryview(data)
             pos = offset
             grown = 0
             while pos < end:
@@ -889,13 +890,20 @@ class Engine:
                 p0 = page * PAGE_SIZE
                 key = page_key(ino, page)
                 stored = txn.get(key, db=self.ov.pages)
-                cur = bytearray(self.files.page_from(stored, o, page))
                 a, b = pos - p0, min(end, p0 + PAGE_SIZE) - p0
-                if len(cur) < b:
-                    cur += bytes(b - len(cur))
-                cur[a:b] = data[pos - offset : pos - offset + (b - a)]
-                txn.put(key, gen + bytes(cur), db=self.ov.pages)
-                grown += len(cur) - (len(stored) - 8 if stored is not None else 0)
+                if a == 0 and b >= min(PAGE_SIZE, max(0, o.inode.size - p0)):
+                    # the write covers every byte the page has: nothing to read or merge
+                    value = gen + view[pos - offset : pos - offset + b]
+                    size = b
+                else:
+                    cur = bytearray(self.files.page_from(stored, o, page))
+                    if len(cur) < b:
+                        cur += bytes(b - len(cur))
+                    cur[a:b] = view[pos - offset : pos - offset + (b - a)]
+                    value = gen + cur
+                    size = len(cur)
+                txn.put(key, value, db=self.ov.pages)
+                grown += size - (len(stored) - 8 if stored is not None else 0)
                 pos = p0 + b
             self._count_pages(txn, grown)
             killed = access.after_write(cred, o.inode)

@@ -365,7 +365,8 @@ class FrameBuffer:
         end = pos + size
         if len(buf) < end:
             return None
-        frame = bytes(buf[pos:end])
+        with memoryview(buf) as mv:  # one copy, not a slice and then a copy of it
+            frame = bytes(mv[pos:end])
         if end == len(buf):
             buf.clear()
             self._pos = 0
