@@ -185,7 +185,8 @@ def main() -> None:
         dsock = base / "diod.sock"
         diod = subprocess.Popen([tool("diod"), "-f", "-n", "-l", str(dsock), "-e", str(data),
                                  "-e", "ctl", "-L", str(base / "diod.log")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd=base)  # diod may dump core when terminated: not here
         wait_socket(dsock, diod, "diod")
         servers = {"grid": (str(home / "run" / "9p.sock"), sid), "diod": (str(dsock), str(data))}
         results: dict[str, dict[str, float]] = {k: {} for k in servers}
