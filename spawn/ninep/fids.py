@@ -41,6 +41,7 @@ class Opened:
     append: bool = False  # every write goes to the end of the file (OAPPEND, O_APPEND)
     rclose: bool = False  # ORCLOSE: remove the file when the fid is clunked
     counted: bool = False  # the engine counted an open handle: release it at clunk
+    link: bool = False  # a symlink opened in 9P2000 (no symlinks there): reads give its target
 
 
 @dataclass(slots=True)

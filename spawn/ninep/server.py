@@ -87,7 +87,10 @@ from spawn.vfslink import EngineLink
 log = logging.getLogger(__name__)
 
 MSIZE = (1 << 20) + IOHDRSZ  # what we offer: 1 MiB of data per Tread/Twrite
-MIN_MSIZE = 512  # below this a walk of 16 names or a stat might not fit; such a Tversion fails
+MIN_MSIZE = 512  # the least a server may be configured with (a walk of 16 names fits)
+#: The least msize a client may ask for, as diod accepts small ones: every reply is cut to
+#: fit (error texts shortened; a directory read whose count cannot hold one entry is EINVAL).
+VERSION_MIN = 128
 RHDR = 11  # size[4] type[1] tag[2] count[4]: the header of Rread and Rreaddir
 V9FS_MAGIC = 0x01021997  # statfs f_type of a 9P filesystem (Linux's V9FS_MAGIC)
 BLKSIZE = 128 << 10  # the I/O size we suggest (st_blksize), as the FUSE adapter does
@@ -101,6 +104,7 @@ MAX_FILE = (1 << 63) - 1  # Linux's largest file offset (loff_t): beyond it, EFB
 L_ACCMODE = 0o3
 L_WRONLY = 0o1
 L_RDWR = 0o2
+L_EXCL = 0o200
 L_TRUNC = 0o1000
 L_APPEND = 0o2000
 L_DIRECTORY = 0o200000
@@ -374,7 +378,7 @@ class Session:
         await self._reset()
         dialect = negotiate(m.version)
         msize = min(m.msize, self.limits.msize)
-        if dialect is None or msize < MIN_MSIZE:
+        if dialect is None or msize < VERSION_MIN:
             self.dialect = None
             self._write(m9.Rversion(tag=m.tag, msize=msize, version=UNKNOWN), raw=True)
             return
@@ -419,7 +423,10 @@ class Session:
         code = e.errno or errno.EIO
         if self.dialect is Dialect.LINUX:
             return m9.Rlerror(tag=tag, ecode=code)
-        text = (e.strerror or os.strerror(code)).encode("utf-8", "replace")[:1024]
+        # size[4] type[1] tag[2] ename[s] (and errno[4] in .u): the text fits the msize
+        room = min(1024, (self.msize or 8192) - 4 - 1 - 2 - 2 - 4)
+        text = (e.strerror or os.strerror(code)).encode("utf-8", "replace")[:room]
+        text = text.decode("utf-8", "ignore").encode("utf-8")  # not cut inside a character
         if self.dialect is Dialect.UNIX:
             return m9.Rerror(tag=tag, ename=text, errno=code)
         return m9.Rerror(tag=tag, ename=text)
@@ -599,8 +606,10 @@ class Session:
     async def _commit_xattr(self, fid: Fid, x: XattrWrite) -> None:
         if x.written != x.size:
             raise _err(errno.EINVAL, f"xattr of {x.size} bytes got {x.written}")
-        if x.size == 0 and x.flags & XATTR_REPLACE:
-            await self._call(fid, "removexattr", fid.ino, x.name)  # Linux's removexattr
+        if x.size == 0 and not x.flags & XATTR_CREATE:
+            # Linux's removexattr arrives as an empty create: the attribute goes, and an
+            # absent one is ENODATA, as diod answers (tests/spawn/test_ninep_vs_diod.py)
+            await self._call(fid, "removexattr", fid.ino, x.name)
             return
         await self._call(fid, "setxattr", fid.ino, x.name, bytes(x.data),
                          create=bool(x.flags & XATTR_CREATE), replace=bool(x.flags & XATTR_REPLACE))
@@ -719,6 +728,9 @@ class Session:
             if self.dialect is Dialect.LINUX:
                 raise _err(errno.EISDIR, "read a directory with Treaddir")
             return m9.Rread(tag=m.tag, data=await self._read_dir(req, fid, m.offset, count))
+        if o.link:  # 9P2000 has no symlinks: reading one gives its target (docs/9p.md)
+            target = await self._call(fid, "readlink", fid.ino)
+            return m9.Rread(tag=m.tag, data=target[m.offset:m.offset + count])
         data = await self._call(fid, "read", fid.ino, m.offset, count)
         return m9.Rread(tag=m.tag, data=data)
 
@@ -783,6 +795,13 @@ class Session:
                 raise _err(errno.EISDIR, "directories open for reading only")
             fid.opened = Opened(read=True, write=False, dir=True, rclose=rclose)
             fid.listing = None
+            return m9.Ropen(tag=m.tag, qid=self._qid(a), iounit=self.iounit)
+        if stat.S_ISLNK(a.mode) and self.dialect is Dialect.BASE:
+            # 9P2000 knows no symlinks: the link reads as a file holding its target, so
+            # copying a tree through a 9P2000 client keeps something of every entry
+            if write or mode & m9.OTRUNC:
+                raise _err(errno.EACCES, "a symlink is read-only in 9P2000")
+            fid.opened = Opened(read=True, write=False, rclose=rclose, link=True)
             return m9.Ropen(tag=m.tag, qid=self._qid(a), iounit=self.iounit)
         append = bool(mode & m9.OAPPEND) and self.dialect is Dialect.UNIX
         flags = _OPEN_FLAGS[mode & 3] | (os.O_TRUNC if mode & m9.OTRUNC else 0)
@@ -979,8 +998,20 @@ class Session:
         if access == L_ACCMODE:
             raise _err(errno.EINVAL, "bad access mode")
         att = fid.att
-        a = await self._call_as(fid, att.as_gid(self._gid(att, m.gid)), "create", fid.ino, m.name,
-                                m.mode & 0o7777, open=True)
+        try:
+            a = await self._call_as(fid, att.as_gid(self._gid(att, m.gid)), "create", fid.ino,
+                                    m.name, m.mode & 0o7777, open=True)
+        except FileExistsError:
+            # open(2)'s O_CREAT without O_EXCL, as diod does it: the file there is opened
+            # (and truncated if asked), with the permission checks of an open
+            if m.flags & L_EXCL:
+                raise
+            found = await self._call(fid, "lookup", fid.ino, m.name)
+            if stat.S_ISDIR(found.mode):
+                raise _err(errno.EISDIR, "a directory") from None
+            if stat.S_ISLNK(found.mode):
+                raise _err(errno.EEXIST, "a symlink (the client follows links)") from None
+            a = await self._call(fid, "open", found.ino, m.flags & (L_ACCMODE | L_TRUNC))
         fid.path = [*fid.path, (a.ino, m.name)]
         fid.opened = Opened(read=access != L_WRONLY, write=access in (L_WRONLY, L_RDWR),
                             append=bool(m.flags & L_APPEND), counted=True)

@@ -46,9 +46,12 @@ def test_lopen_lcreate_flags(tmp_path):
             dino = e.lookup(ROOT, 1, b"dir").ino
             assert e.lookup(ROOT, dino, b"g2000").gid == 2000
             assert e.lookup(ROOT, dino, b"g3000").gid == GID
-            with pytest.raises(ServerError) as ei:
-                await c.lcreate(await lwalk(c, root, b"dir"), b"new", os.O_RDWR, 0o600, GID)
+            with pytest.raises(ServerError) as ei:  # O_EXCL: the name must be new
+                await c.lcreate(await lwalk(c, root, b"dir"), b"new", os.O_RDWR | os.O_EXCL,
+                                0o600, GID)
             assert ei.value.errno == errno.EEXIST
+            # without O_EXCL, open(2)'s O_CREAT: the file there is opened, as diod does
+            await c.lcreate(await lwalk(c, root, b"dir"), b"new", os.O_RDONLY, 0o600, GID)
             # O_APPEND writes land at the end whatever the offset; O_TRUNC empties
             f = await lwalk(c, root, b"dir", b"new")
             await c.lopen(f, os.O_WRONLY | os.O_APPEND)
@@ -180,7 +183,7 @@ def test_xattrs(tmp_path):
                 await c.clunk(f)  # the value is set now
 
             await setx(b"user.one", b"first value")
-            await setx(b"user.two", b"")
+            await setx(b"user.two", b"", XATTR_CREATE)  # empty, made (no flags: a removal)
             assert e.getxattr(ROOT, ino, b"user.one") == b"first value"
             # read one value, and the list
             f = await lwalk(c, root, b"hello.txt")

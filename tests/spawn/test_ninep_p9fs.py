@@ -68,3 +68,29 @@ def test_p9fs_session(tmp_path, version):
             assert b"made" not in {n for n, _ in e.readdir(ROOT, 1)}
 
     run(body())
+
+
+def test_p9fs_copies_a_tree_with_symlinks_whole_in_9p2000(tmp_path):
+    """9P2000 has no symlinks: p9fs copying the whole tree used to stop at the link
+    (a read of it was EINVAL); the link now reads as a file holding its target, so every
+    entry comes out, and the files byte for byte."""
+    async def body():
+        async with served(tmp_path, tcp=True) as env:
+            port = env.tcp_port
+            out = tmp_path / "copy"
+
+            def session() -> None:
+                fs = p9fs.P9FileSystem("127.0.0.1", port, "tester", version="9P2000",
+                                       aname="spawn", skip_instance_cache=True)
+                for path in fs.find("/"):  # every file below the root, as a copy walks it
+                    dest = out / path.lstrip("/")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(fs.cat_file(path))
+
+            await asyncio.to_thread(session)
+            got = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+            assert "link" in got and "dir/sub/deep" in got and "many/f39" in got
+            assert (out / "link").read_bytes() == b"hello.txt"
+            assert (out / "big.bin").read_bytes() == BIG
+            assert (out / "dir" / "sub" / "deep").read_bytes() == b"deep\n"
+    run(body())
