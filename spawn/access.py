@@ -142,14 +142,14 @@ def killed(cred: Cred, i: Inode, mode: int) -> int:
     *cred* is neither in the file's group nor root (Linux's setattr_should_drop_sgid: a
     setgid file without group execute is kept for its group's members)."""
     drop = stat.S_ISUID
-    if mode & stat.S_IXGRP or not (cred.root or cred.in_group(i.gid)):
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (cred.root or cred.in_group(i.gid))):
         drop |= stat.S_ISGID
     return mode & ~drop
 
 
 def after_write(cred: Cred, i: Inode) -> int | None:
     """The mode a write or truncation by *cred* leaves (None: unchanged)."""
-    if cred.root or not i.is_reg():
+    if cred.root or not i.is_reg() or not i.mode & (stat.S_ISUID | stat.S_ISGID):
         return None
     m = killed(cred, i, i.mode)
     return m if m != i.mode else None

@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,16 @@ class SpawnInfo:
     shared_uids: list[int] = field(default_factory=list)  # ``grid share ID USER``
     shared_gids: list[int] = field(default_factory=list)  # ``grid share ID @GROUP``
 
-    def admits(self, uid: int, groups: Iterable[int] = ()) -> bool:
+    def admits(self, uid: int, groups: Iterable[int] | Callable[[], Iterable[int]] = ()) -> bool:
         """May *uid* (in *groups*) enter this spawn at all? Its owner, root, and those it
-        is shared with; within, the files' own permissions apply (spawn.access)."""
+        is shared with; within, the files' own permissions apply (spawn.access). *groups*
+        may be a function, asked only when a group share could decide (for FUSE requests,
+        whose groups cost a read of /proc)."""
         if uid == 0 or uid == self.uid or uid in self.shared_uids:
             return True
-        return any(g in self.shared_gids for g in groups)
+        if not self.shared_gids:
+            return False
+        return any(g in self.shared_gids for g in (groups() if callable(groups) else groups))
 
 
 def _now() -> str:

@@ -356,7 +356,7 @@ class Daemon:
             host = SpawnHost(engine, sid)
             live = _Live(info, engine, host)
             # The spawn's current sharing decides, as ``grid share`` changes it.
-            host.admits = lambda c, live=live: live.info.admits(c.uid, c.all_groups())
+            host.admits = lambda c, live=live: live.info.admits(c.uid, c.all_groups)
             self._live[sid] = live
             del self._opening[sid]
             fut.set_result(live)
