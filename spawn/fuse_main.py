@@ -47,6 +47,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="MOUNTPOINT with --connect; else STORE_DIR OVERLAY_DIR MOUNTPOINT")
     p.add_argument("--connect", metavar="SOCKET", help="the node daemon's socket")
     p.add_argument("--spawn", metavar="ID", help="the spawn to mount (with --connect)")
+    p.add_argument("--restart", metavar="ARGV_JSON",
+                   help="with --connect: a command (a JSON list) that starts the daemon; run "
+                        "when the daemon died (not when it was stopped) and stays away")
     p.add_argument("--log", metavar="FILE", help="where output goes once mounted")
     p.add_argument("--base", help="root score (blake3:HEX) of a new spawn")
     p.add_argument("--owner", type=int, default=os.getuid(), help="uid that may use the mount (and root)")
@@ -176,12 +179,59 @@ def _hold(fd: int, seconds: float) -> None:
                 pass
 
 
+class _Restarter:
+    """Starts the daemon again when it died, as an NFS hard mount's server comes back: the
+    mount waits meanwhile, whoever restarts it. Only after a loss without the daemon's
+    "stopping" notice (``grid stop`` means stopped), once it has stayed away ``GRACE``
+    seconds (a supervisor or a test may be starting it), and at most every ``EVERY``
+    seconds. The command is the CLI's own autostart (serialised by the home's start lock;
+    it refuses when this user may not start the home's daemon, and the mount then waits)."""
+
+    GRACE = 2.0
+    EVERY = 10.0
+
+    def __init__(self, argv_json: str | None) -> None:
+        import json
+
+        self.argv: list[str] | None = json.loads(argv_json) if argv_json else None
+        self.down_since: float | None = None  # when an unannounced loss began
+        self.stopping = False  # the daemon serving us said it is being stopped
+        self.last = 0.0
+
+    def served(self) -> None:
+        self.down_since = None
+        self.stopping = False
+
+    def stopped(self) -> None:
+        self.stopping = True
+
+    def lost(self) -> None:
+        if not self.stopping:
+            self.down_since = time.monotonic()
+
+    def poll(self, spawn: str) -> None:
+        now = time.monotonic()
+        if (self.argv is None or self.down_since is None or now - self.down_since < self.GRACE
+                or now - self.last < self.EVERY):
+            return
+        import subprocess
+
+        self.last = now
+        log.warning("spawn %s: the daemon died and is not back: starting it", spawn)
+        try:
+            subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        except OSError as e:
+            log.warning("spawn %s: starting the daemon: %s", spawn, e)
+
+
 def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
     """Hand the channel to the daemon, again after every restart of it, until the mount
     ends. Returns the exit status."""
     init: dict[str, int] | None = None
     first = True
     delay = 0.05
+    restart = _Restarter(a.restart)
     while True:
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -195,6 +245,7 @@ def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
                 log.warning("spawn %s: the grid home is gone; unmounting", a.spawn)
                 unmount(a.mountpoint, lazy=True)
                 return 0
+            restart.poll(a.spawn)
             try:
                 _hold(fd, delay)  # the daemon is restarting: requests wait in the kernel
             except _Gone:
@@ -219,12 +270,16 @@ def _serve_through_daemon(a: argparse.Namespace, fd: int) -> int:
             else:
                 log.warning("spawn %s: handed the mount to the restarted daemon", a.spawn)
             delay = 0.05
+            restart.served()
             while True:
                 msg = _recv(sock)
                 if msg is None:
-                    break  # the daemon went away: find the next one
+                    restart.lost()  # it died (a stopped daemon says so first)
+                    break  # find the next one
                 if msg[1] == "init":
                     init = msg[2]
+                elif msg[1] == "stopping":
+                    restart.stopped()
                 elif msg[1] == "gone":
                     raise _Gone(str(msg[2]))
         except _Gone as e:

@@ -334,6 +334,7 @@ def _mount_log(home_root: os.PathLike[str], sid: str) -> str:
 
 def _mount(args: argparse.Namespace, sid: str, directory: str) -> int:
     """Start the mount process for spawn *sid* at *directory*; its pid once mounted."""
+    import json
     import os
     import select
     import subprocess
@@ -346,9 +347,13 @@ def _mount(args: argparse.Namespace, sid: str, directory: str) -> int:
     what = f"mount {sid} {directory}"
     mnt = _check_mountpoint(what, directory)
     log = _mount_log(_home(args).root, sid)
+    # If the daemon dies and stays away, the mount process starts it again with the CLI's
+    # own autostart (which refuses users who may not start this home's daemon).
+    restart = [sys.executable, "-m", "grid.cli.main", "--home", os.fspath(_home(args).root),
+               "spawns", "--json"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "spawn.fuse_main", "--connect", socket_path(_home(args)),
-         "--spawn", str(sid), "--log", log, mnt],
+         "--spawn", str(sid), "--log", log, "--restart", json.dumps(restart), mnt],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True, close_fds=True,
     )

@@ -587,7 +587,9 @@ class Daemon:
                 sock.sendall(encode(msg))
 
         def ended(why: str) -> None:
-            if why != "closing":  # a daemon going down leaves the mount to the next one
+            if why == "closing":  # a daemon going down leaves the mount to the next one,
+                tell([0, "stopping"])  # stopped on purpose: nobody should restart it
+            else:
                 tell([0, "gone", why])
             if why == "killed" and mountpoint:  # in case the mount process is gone too
                 threading.Thread(target=unmount, args=(mountpoint,), kwargs={"lazy": True},

@@ -119,3 +119,39 @@ def test_unmount_ends_the_mount_process_at_once(node: Node) -> None:
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}")
                     or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", timeout=5)
     assert time.monotonic() - t0 < 3
+
+
+def test_a_dead_daemon_is_started_again_from_the_mount(node: Node) -> None:
+    """Nobody restarts a SIGKILLed daemon here: the mount process does, after a grace
+    period, with the CLI's autostart; the writer waits in the kernel meanwhile (no ENOTCONN)
+    and every write lands. A daemon stopped on purpose (grid stop) is left stopped."""
+    import socket
+
+    def answering() -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(node.home / "run" / "grid.sock"))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    m = node.base / "m"
+    m.mkdir()
+    # (the tests' nodes run with GRID_AUTOSTART=0, which the mount respects: this one may)
+    node.grid("spawn", "-q", "keep", "--mount", str(m), autostart=True)
+    (m / "before").write_text("1")
+    node.kill9()
+    t0 = time.monotonic()
+    (m / "after").write_text("2")  # waits in the kernel until a daemon serves the mount
+    waited = time.monotonic() - t0
+    assert (m / "after").read_text() == "2" and (m / "before").read_text() == "1"
+    assert waited >= 1.5, waited  # the mount gave a supervisor its grace period first
+    assert answering()
+    node.grid("stop")  # on purpose: the mount waits and starts nothing
+    assert wait_for(lambda: not answering(), timeout=30)
+    time.sleep(4)
+    assert not answering()
+    node.start()  # someone starts it: the mount is served again
+    assert wait_for(lambda: (m / "before").read_text() == "1", timeout=30)
