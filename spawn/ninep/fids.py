@@ -65,13 +65,14 @@ class XattrRead:
 @dataclass(slots=True)
 class XattrWrite:
     """A fid turned by Txattrcreate into the value of one xattr, written by Twrite and set
-    when the fid is clunked (diod's protocol.md: the engine's setxattr happens then)."""
+    when the fid is clunked (diod's protocol.md: the engine's setxattr happens then). As in
+    diod, ``data`` is the announced size from the start, zero-filled: writes past it are
+    cut, and bytes never written are zeros."""
 
     name: bytes
     size: int
     flags: int
     data: bytearray = field(default_factory=bytearray)
-    written: int = 0
 
 
 @dataclass(slots=True, eq=False)
