@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ndb.names import NameSet
 from store.block import Block, BlockType, references
-from store.errors import CorruptBlock, StoreError
+from store.errors import BlockNotFound, CorruptBlock, StoreError
 from store.local import CheckReport, LocalStore, record_repaired
 from store.score import format_score
 
@@ -94,10 +94,10 @@ class Fetcher:
                     part = have[i:i + _BATCH]
                     try:
                         blocks = remote.get_many(part)  # type: ignore[attr-defined]
-                    except CorruptBlock:  # the peer's own copy of one is bad: one by one
+                    except (CorruptBlock, BlockNotFound):  # one is bad or gone there: one by one
                         blocks = []
                         for s in part:
-                            with contextlib.suppress(CorruptBlock):
+                            with contextlib.suppress(CorruptBlock, BlockNotFound):
                                 blocks.append(remote.get(s))  # type: ignore[attr-defined]
                                 got[s] = blocks[-1]
                         self.fetched[src.name] = self.fetched.get(src.name, 0) + len(blocks)
