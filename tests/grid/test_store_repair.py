@@ -387,6 +387,9 @@ def test_matrix_flipped_byte_then_repair(pair, where, rebuild):
     assert ck["lost_blocks"] == [format_score(victim[2])]
     p, ck = _a_check(a, "--names")
     assert {n["name"] for n in ck["names"]} == {"proj"} and ck["names"][0]["blocks"] >= 1
+    p = a.grid("store", "check", "--names", check=False)
+    assert p.returncode == 1 and "grid: store check: name proj (" in p.stderr
+    assert "name record(s) broken" in p.stdout and "Traceback" not in p.stderr
     if rebuild:
         rb = _kept_after_rebuild(a, recs, {victim[2]})
         assert rb["bad_records"] == 1
@@ -464,6 +467,15 @@ def test_matrix_segment_deleted_under_a_running_daemon_then_repair(pair):
         p = a.grid("store", "cat", format_score(sorted(inside)[0]), check=False)
         assert p.returncode == 1 and "no segment file holds log position" in p.stderr
         assert "Traceback" not in p.stderr
+        # the daemon's own reads (its block socket) name the segment, and its log says so once
+        from store.client import RemoteStore
+        from store.errors import CorruptBlock
+
+        with RemoteStore.connect_unix(str(a.node.home / "run" / "blocks.sock"), name="t") as rs:
+            for x in sorted(inside)[:3]:
+                with pytest.raises(CorruptBlock, match=f"segment file {gone.name} is missing"):
+                    rs.get(x)
+        assert a.node.log.read_text().count(f"segment file {gone.name} is missing") == 1
         # repair says precisely what to do while the daemon holds the store
         p = a.grid("store", "repair", check=False)
         assert p.returncode == 1 and "grid stop" in p.stderr and "Traceback" not in p.stderr
