@@ -17,7 +17,12 @@ on demand::
 
     GRID_FUZZ_MUTANTS=10000 .venv/bin/python -m pytest -q tests/grid/test_archive_fuzz.py -k never_crash
 
-measured 2026-12-03 on the shared 2-CPU machine: RESULT_PLACEHOLDER
+measured 2026-12-03 on the shared 2-CPU machine (others' tests running): 10,000 mutants
+(50,000 command runs and 10,000 spawns read whole) passed in 721 s, peak RSS 61 MB:
+22,061 command runs failed cleanly (one `grid:` line, exit 1), 7,641 spawns met a precise
+read error, no traceback, no other exception, nothing written outside the target. The first
+10,000-mutant run found 7 partial exports (an entry of unknown file type, named and skipped)
+whose summary line the test had taken for an unclean failure; the test now allows that line.
 """
 
 from __future__ import annotations
