@@ -40,6 +40,8 @@ from ndb.database import NdbFile
 from ndb.errors import NdbNotFound, NdbPermission, NdbRecordError, NdbValueError
 from ndb.syntax import Entry, Pair, check_attr, format_entry_line
 from ndb.values import (
+    HORIZON_SECONDS,
+    check_before_horizon,
     check_group_name,
     check_name,
     check_score,
@@ -107,6 +109,12 @@ class NameRecord:
     @property
     def tombstone(self) -> bool:
         return self.score is None
+
+    @property
+    def void(self) -> bool:
+        """Dated at or past ``ndb.values.HORIZON``: ignored wherever names are read (a record
+        dated 9999-12-31 once locked its name on every node: no later date existed)."""
+        return self._key[0][0] >= HORIZON_SECONDS
 
     @property
     def score_raw(self) -> bytes | None:
@@ -298,8 +306,9 @@ def forgotten_by(forgets: Iterable[ForgetRecord]) -> frozenset[tuple[str, str | 
 
 
 def latest_of(records: Iterable[NameRecord]) -> NameRecord | None:
-    """The latest of *records* (a tombstone included), by ``NameRecord.order_key``."""
-    return max(records, key=lambda r: r._key, default=None)
+    """The latest of *records* (a tombstone included, void records not), by
+    ``NameRecord.order_key``."""
+    return max((r for r in records if not r.void), key=lambda r: r._key, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +321,9 @@ class NameSet:
     def __post_init__(self) -> None:
         # The records a forget record names are not part of the set's meaning: dropping them
         # here keeps equal meanings equal (and the merge laws hold: the filter only grows).
-        object.__setattr__(self, "records", frozenset(self.records))
+        # Void records (dated past the horizon) are not part of the meaning either: the same
+        # filter on every node, so the merge laws hold.
+        object.__setattr__(self, "records", frozenset(r for r in self.records if not r.void))
         object.__setattr__(self, "forgets", frozenset(self.forgets))
         if self.forgets:
             gone = forgotten_by(self.forgets)
@@ -433,8 +444,8 @@ class NameDB:
             self._record(m.entry) for m in self.file.search(KIND, name) if m.entry.kind == KIND
         }
         gone = forgotten_by(self.forgets(name))
-        return sorted((r for r in records if target_of(r) not in gone), key=lambda r: r._key,
-                      reverse=True)
+        return sorted((r for r in records if target_of(r) not in gone and not r.void),
+                      key=lambda r: r._key, reverse=True)
 
     def forget(
         self,
@@ -773,8 +784,7 @@ class NameDB:
     @staticmethod
     def _date_after(date: str | None, current: NameRecord | None) -> str:
         if date is not None:
-            parse_date(date)
-            return date
+            return check_before_horizon(date)
         when = now_date()
         if current is not None and parse_date(when) <= parse_date(current.date):
             when = date_after(current.date)
@@ -790,7 +800,7 @@ class NameDB:
         the same set of records, whatever order they were written in. A record that a forget
         record (here or incoming) names is not written: it would only be hidden.
         """
-        incoming = set(records)
+        incoming = {r for r in records if not r.void}
         incoming_forgets = set(forgets)
         if not incoming and not incoming_forgets:
             return []

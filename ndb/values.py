@@ -119,6 +119,25 @@ def now_date() -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LAST_SECOND = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds())
 MAX_AHEAD = timedelta(days=1)  # clock skew tolerated in dates from peers and users
+#: Records dated at or after this are void (docs/ndb.md, "Dates past the horizon"): refused
+#: when written, ignored when names are read, the same on every node.
+HORIZON = "9000-01-01T00:00:00Z"
+HORIZON_SECONDS = int((datetime(9000, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds())
+
+
+def beyond_horizon(text: str) -> bool:
+    """Whether a record dated *text* is void: at or past ``HORIZON``."""
+    return parse_date(text)[0] >= HORIZON_SECONDS
+
+
+def check_before_horizon(text: str) -> str:
+    """*text*, when a record may carry it; NdbValueError for a date at or past the horizon."""
+    if beyond_horizon(text):
+        raise NdbValueError(
+            f"date {text} is at or past {HORIZON}: records dated so far ahead are void (ignored "
+            "by every node), so none is written"
+        )
+    return text
 
 
 def date_after(text: str) -> str:

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,16 @@ import lmdb
 import zstandard
 
 from store.base import BlockStore, LogRecord, StoreStats
-from store.block import Block, BlockType
+from store.block import Block, BlockType, check_size, check_type, references
 from store.cache import BlockCache
-from store.errors import BlockNotFound, CorruptBlock, StoreClosed, StoreError, StoreLocked
+from store.errors import (
+    BlockNotFound,
+    CorruptBlock,
+    MissingReference,
+    StoreClosed,
+    StoreError,
+    StoreLocked,
+)
 from store.logscan import Bad, Good, scan_segment
 from store.score import Score, format_score, score_of
 from store.segment import (
@@ -66,6 +74,7 @@ _META_LOGICAL = b"logical_bytes"
 _META_DOOMED = b"doomed"  # segment starts (u64 each) prune has emptied and is removing
 _COMPLETE = "COMPLETE"  # in index.new: the rebuilt index is whole and may be swapped in
 _MDB_MAGIC = 0xBEEFC0DE
+_UNLINKED_EVERY = 2.0  # seconds between looks for segment files deleted under a running store
 
 
 def _u64(n: int) -> bytes:
@@ -105,6 +114,8 @@ class LocalStore(BlockStore):
         self._retired_fds: list[int] = []  # rolled-over segments, fsynced and closed at the next sync
         self._unsynced_bytes = 0
         self._read_fds: dict[int, int] = {}
+        self._gone_logged: set[tuple[int, bool]] = set()  # missing segments already logged
+        self._unlinked_checked = time.monotonic()
         self._cache = BlockCache(cache_bytes)
         self._puts = self._dups = self._gets = 0
         self._blocks = self._stored = self._logical = 0
@@ -433,6 +444,31 @@ class LocalStore(BlockStore):
                     self._read_fds[seg_start] = fd
         return fd
 
+    def _segment_gone(self, score: bytes, seg: int, pos: int | None = None) -> CorruptBlock:
+        """The error for a block whose segment file is missing; logged once per segment."""
+        what = (f"segment file {self._seg_path(seg).name} is missing" if pos is None else
+                f"no segment file holds log position {pos} (after {self._seg_path(seg).name})")
+        if (seg, pos is None) not in self._gone_logged:
+            self._gone_logged.add((seg, pos is None))
+            log.error("store %s: %s: blocks the index places there cannot be read; run `grid store "
+                      "check`, then `grid store repair`", self.path, what)
+        return CorruptBlock(score, f"store {self.path}", f"{what} (deleted?)")
+
+    def _notice_unlinked(self) -> None:
+        """Log, once each, segment files deleted while this store had them open. Their blocks
+        stay readable through the open descriptor only until the store is closed."""
+        for seg, fd in list(self._read_fds.items()):
+            try:
+                gone = os.fstat(fd).st_nlink == 0
+            except OSError:
+                continue
+            if gone and (seg, True) not in self._gone_logged:
+                self._gone_logged.add((seg, True))
+                log.error("store %s: segment file %s was deleted while in use: its blocks are read "
+                          "from the open file until this process stops, then lost; run `grid store "
+                          "check`, then `grid store repair` from a peer", self.path,
+                          self._seg_path(seg).name)
+
     def _decode_payload(self, hdr: RecordHeader, payload: bytes) -> bytes:
         if hdr.codec == CODEC_RAW:
             return payload
@@ -457,7 +493,19 @@ class LocalStore(BlockStore):
         seg = self._segment_of(loc.position)
         where = _Where(self, seg)  # formatted only if an error needs it
         total = RECORD_HEADER_SIZE + loc.stored_len
-        raw = os.pread(self._read_fd(seg), total, loc.position - seg)
+        now = time.monotonic()
+        if now - self._unlinked_checked > _UNLINKED_EVERY:
+            self._unlinked_checked = now
+            self._notice_unlinked()
+        try:
+            fd = self._read_fd(seg)
+        except FileNotFoundError:
+            raise self._segment_gone(score, seg) from None
+        raw = os.pread(fd, total, loc.position - seg)
+        if len(raw) < total and loc.position - seg >= os.fstat(fd).st_size:
+            # Past this file's end: the index places the block in a segment file that is
+            # no longer there (a read-only open lists only the files that exist).
+            raise self._segment_gone(score, seg, loc.position)
         try:
             hdr = decode_record_header(raw)
         except BadRecord as e:
@@ -516,6 +564,31 @@ class LocalStore(BlockStore):
             auto = self._unsynced_bytes >= AUTO_SYNC_BYTES
         if auto:
             self.sync()
+
+    def restore(self, btype: int, data: bytes) -> Score:
+        """Append *data* as a new record even when the index names the block (``grid store
+        repair``): the index then names the new record, so a block whose only record was
+        damaged, or lay in a deleted segment, is whole again. Closure is checked as for
+        ``put`` (the caller restores children first). Writer only."""
+        bt = check_type(btype)
+        check_size(data)
+        payload = bytes(data)
+        score = score_of(bt, payload)
+        if bt != BlockType.DATA:
+            refs = references(bt, payload)
+            missing = self.missing(refs) if refs else []
+            if missing:
+                raise MissingReference(missing)
+        old = self._locate(score)
+        with self._wlock:
+            self._pending.pop(score, None)  # _store appends only what _pending lacks
+        self._store(score, bt, payload)
+        if old is not None:
+            with self._wlock:  # the block was counted when first stored: count the new record
+                self._blocks -= 1
+                self._stored -= RECORD_HEADER_SIZE + old.stored_len
+                self._logical -= len(payload)
+        return score
 
     def _worth_compressing(self, payload: bytes) -> bool:
         """A cheap test before zstd: compress 3 KiB sampled at the start, middle and end at
@@ -730,14 +803,21 @@ class LocalStore(BlockStore):
         exactly the bad records and nothing else. A read-only check (the writer may be
         running) reads the index in one LMDB snapshot and the log only up to the position
         that snapshot covers, so records the writer has not committed yet are not
-        mistaken for problems."""
+        mistaken for problems.
+
+        A damaged record is *healed* when its block is whole again elsewhere in the log (the
+        index names a good copy: ``grid store repair`` appended one), or when a repair that
+        left nothing lost recorded the region in ``repaired`` (a region whose header is
+        gone names no block). Healed regions are listed, not counted as problems. Index
+        entries that point into no segment file (a segment deleted by hand) are lost
+        blocks, and the missing range is reported as a damaged region."""
         self._check_open()
         if not self.readonly:
             self.sync()
         report = CheckReport()
         seen: set[bytes] = set()
         matched: set[bytes] = set()
-        bad_regions: list[Bad] = []
+        found: list[tuple[str, Bad]] = []
         with self._env.begin() as txn:
             raw = txn.get(_META_INDEXED_TO, db=self._meta)
             committed = int.from_bytes(raw, "big") if raw is not None else 0
@@ -749,9 +829,7 @@ class LocalStore(BlockStore):
                 name = self._seg_path(seg).name
                 segrep = report.segments.setdefault(name, SegmentReport(name))
                 if isinstance(item, Bad):
-                    segrep.bad.append(item)
-                    bad_regions.append(item)
-                    report.errors.append(describe_bad(item, name))
+                    found.append((name, item))
                     if progress is not None:
                         progress(item.end)
                     continue
@@ -770,18 +848,52 @@ class LocalStore(BlockStore):
                     matched.add(hdr.score)
                 if progress is not None:
                     progress(item.position + hdr.total_len)
+            with self._wlock:
+                starts = list(self._starts)
+            extents = []
+            for x in starts:
+                with contextlib.suppress(FileNotFoundError):
+                    extents.append((x, x + self.segment_size_of(x)))
+            gaps: dict[tuple[int, int], int] = {}
+            pointed: dict[int, list[bytes]] = {}  # index of a damaged region -> blocks it holds
+            bounds = sorted(((b.position, b.end, i) for i, (_n, b) in enumerate(found)))
+            lows = [b[0] for b in bounds]
             for key, val in txn.cursor(db=self._db):
                 report.index_entries += 1
                 if key in matched:
                     continue
                 pos = Location.unpack(val).position
-                if any(b.position <= pos < b.end for b in bad_regions):
-                    report.lost.add(key)  # the damaged region already reported holds it
+                j = bisect.bisect_right(lows, pos) - 1
+                if j >= 0 and pos < bounds[j][1]:
+                    pointed.setdefault(bounds[j][2], []).append(bytes(key))
+                    report.lost.add(bytes(key))
+                    continue
+                gap = _gap_of(extents, pos, max(end, committed))
+                if gap is not None:
+                    gaps[gap] = gaps.get(gap, 0) + 1
+                    report.lost.add(bytes(key))
                 elif key not in seen:
                     report.errors.append(
                         f"{format_score(key)}: the index points at {pos}, where no such record is"
                     )
-        report.lost |= {b.score for b in bad_regions if b.score is not None} - seen
+        ledger = read_repaired(self.path)
+        for i, (name, b) in enumerate(found):
+            segrep = report.segments[name]
+            whole = b.score in matched if b.score is not None else (b.position, b.length) in ledger
+            if whole and i not in pointed:
+                segrep.healed.append(b)
+                continue
+            segrep.bad.append(b)
+            report.errors.append(describe_bad(b, name))
+            if b.score is not None and b.score not in seen:
+                report.lost.add(b.score)
+        for (lo, hi), n in sorted(gaps.items()):
+            name = f"{segment_name(lo)} (missing)"
+            segrep = report.segments.setdefault(name, SegmentReport(name))
+            b = Bad(lo, hi - lo, None, f"no segment file holds log positions {lo}..{hi}, where the "
+                    f"index places {n} block(s) (a segment file was deleted)", torn=False)
+            segrep.bad.append(b)
+            report.errors.append(describe_bad(b, name))
         report.blocks = len(seen)
         return report
 
@@ -951,6 +1063,7 @@ class SegmentReport:
     name: str
     records: int = 0
     bad: list[Bad] = field(default_factory=list)
+    healed: list[Bad] = field(default_factory=list)  # damaged, but the block is whole elsewhere
 
 
 @dataclass
@@ -975,6 +1088,10 @@ class CheckReport:
     def bad_records(self) -> int:
         return sum(len(s.bad) for s in self.segments.values())
 
+    @property
+    def healed_records(self) -> int:
+        return sum(len(s.healed) for s in self.segments.values())
+
 
 @dataclass
 class RebuildReport:
@@ -997,6 +1114,48 @@ def describe_bad(bad: Bad, segment: str) -> str:
         f"{segment} at {bad.position}: {what} is damaged ({bad.reason}); "
         f"{bad.length} bytes skipped{' (torn end of the segment)' if bad.torn else ''}"
     )
+
+
+REPAIRED = "repaired"  # damaged regions a complete repair accounted for: "POSITION LENGTH" lines
+
+
+def read_repaired(store: Path) -> set[tuple[int, int]]:
+    """The damaged regions (position, length) recorded by a repair that left nothing lost."""
+    try:
+        text = (store / REPAIRED).read_text()
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            out.add((int(parts[0]), int(parts[1])))
+    return out
+
+
+def record_repaired(store: Path, regions: list[tuple[int, int]]) -> None:
+    """Add *regions* to the ledger (write a temporary file, fsync, rename)."""
+    have = read_repaired(store) | set(regions)
+    tmp = store / (REPAIRED + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(f"{p} {n}\n" for p, n in sorted(have)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, store / REPAIRED)
+    _fsync_dir(store)
+
+
+def _gap_of(extents: list[tuple[int, int]], pos: int, limit: int) -> tuple[int, int] | None:
+    """The range of log positions no segment file holds that contains *pos*, or None when a
+    segment holds *pos* or it lies past *limit* (what the index covers)."""
+    lo = 0
+    for start, stop in extents:
+        if pos < start:
+            return (lo, start)
+        if pos < stop:
+            return None
+        lo = stop
+    return (lo, limit) if pos < limit else None
 
 
 def _quarantine_path(store: Path, seg: Path, off: int) -> Path:

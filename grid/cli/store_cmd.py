@@ -11,6 +11,8 @@ examples:
   grid store stat --json             blocks, bytes stored vs logical, dedup
   grid store check                   verify every block and the index
   grid store check --rebuild         recreate the index from the log
+  grid store check --names           which names' trees (and history entries) damage breaks
+  grid store repair                  fetch every lost or absent block from the peers
 """
 
 
@@ -45,8 +47,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "With --rebuild, recreate the index from the log first.",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("--rebuild", action="store_true", help="rebuild the index from the log")
+    check.add_argument("--names", action="store_true",
+                       help="also say which name records' trees a lost or absent block breaks")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(func=run_check)
+
+    rep = ss.add_parser(
+        "repair", help="heal lost or absent blocks from peers that hold them",
+        description="Find every block that is lost (its only record damaged, or in a deleted\n"
+                    "segment) or absent from a named or spawned tree, fetch each from the peers\n"
+                    "(grid peer list) over mutual TLS, verify it by its score and append it to the\n"
+                    "log. Without a peer that holds a block, say exactly which are lost.\n"
+                    "The node daemon must be stopped (grid stop): repair takes the store's writer lock.",
+        epilog="examples:\n  grid stop && grid store repair && grid serve\n"
+               "  grid store repair --peer node2 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("--peer", action="append", metavar="NAME",
+                     help="fetch only from this peer (repeatable; default: every peer, in order)")
+    rep.add_argument("--json", action="store_true", help="print JSON")
+    rep.set_defaults(func=run_repair)
 
 
 def _open(args: argparse.Namespace, *, readonly: bool):
@@ -186,17 +205,23 @@ def run_check(args: argparse.Namespace) -> int:
             last[0] = pos
 
         report = store.check(progress=tick)
+        broken = _broken_names(args, store, report) if args.names else None
     if args.json:
         print(json.dumps({
             "ok": report.ok and not lost_by_rebuild, "lost_by_rebuild": lost_by_rebuild, "records": report.records, "blocks": report.blocks,
             "index_entries": report.index_entries, "bad_records": report.bad_records,
             "lost_blocks": sorted(format_score(x) for x in report.lost),
             "unchecked_bytes": report.unchecked_bytes, "notes": notes, "errors": report.errors,
+            "healed_records": report.healed_records,
+            **({"names": broken} if broken is not None else {}),
             "segments": [
                 {"segment": seg.name, "records": seg.records,
                  "bad": [{"position": b.position, "length": b.length, "reason": b.reason,
                           "score": format_score(b.score) if b.score is not None else None,
-                          "torn": b.torn} for b in seg.bad]}
+                          "torn": b.torn} for b in seg.bad],
+                 "healed": [{"position": b.position, "length": b.length,
+                             "score": format_score(b.score) if b.score is not None else None}
+                            for b in seg.healed]}
                 for seg in report.segments.values()
             ],
         }))
@@ -212,10 +237,118 @@ def run_check(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         for n in notes:
             print(f"grid: store check: {n}", file=sys.stderr)
+        for b in broken or ():
+            which = "latest" if b["latest"] else "history entry"
+            print(f"grid: store check: name {b['name']} ({which} {b['date']}, root {b['score']}): "
+                  f"{b['blocks']} lost or absent block(s) in its tree, e.g. {b['broken'][0]}",
+                  file=sys.stderr)
         if report.unchecked_bytes:
             print(f"grid: store check: {report.unchecked_bytes} bytes past the index's last commit "
                   "(the running writer's tail) were not checked", file=sys.stderr)
-        state = "ok" if report.ok and not lost_by_rebuild else f"{len(report.errors) + lost_by_rebuild} problem(s)"
+        ok = report.ok and not lost_by_rebuild and not broken
+        state = "ok" if ok else f"{len(report.errors) + lost_by_rebuild + len(broken or ())} problem(s)"
+        healed = f" ({report.healed_records} healed)" if report.healed_records else ""
+        names = f", {len(broken)} name record(s) broken" if broken is not None else ""
         print(f"check: {report.records} records, {report.blocks} blocks, {report.index_entries} index "
-              f"entries, {report.bad_records} damaged record(s), {len(report.lost)} block(s) lost: {state}")
-    return 0 if report.ok and not lost_by_rebuild else 1
+              f"entries, {report.bad_records} damaged record(s){healed}, {len(report.lost)} block(s) "
+              f"lost{names}: {state}")
+    return 0 if report.ok and not lost_by_rebuild and not broken else 1
+
+
+def _broken_names(args: argparse.Namespace, store, report) -> list[dict]:
+    """check --names: the name records whose trees a lost or absent block breaks."""
+    from grid.home import find_home
+    from grid.repair import broken_names
+    from ndb.names import NameDB
+
+    if not hasattr(store, "locate"):
+        from grid.errors import UserError
+
+        raise UserError("store check --names", "needs the store's files (not a remote store)")
+    names = NameDB(find_home(args.home).names_db).all()
+    return broken_names(store, names, set(report.lost))
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    """Heal the store from its peers (grid/repair.py); exit 0 only when the store checks
+    clean afterwards and nothing wanted was left unrecovered."""
+    import json
+    import sys
+
+    from grid.errors import UserError
+    from grid.home import find_home
+    from grid.init import node_dir
+    from grid.prune import live_roots
+    from grid.repair import Fetcher, repair
+    from ndb.peers import PeerDB
+    from store.errors import StoreError, StoreLocked
+    from store.local import LocalStore
+    from store.score import format_score
+
+    home = find_home(args.home)
+    peers = PeerDB(home.peers_db).list()
+    if args.peer:
+        unknown = sorted(set(args.peer) - {p.name for p in peers})
+        if unknown:
+            raise UserError("store repair", f"no such peer: {', '.join(unknown)} (grid peer add NAME HOST:PORT)")
+        order = {n: i for i, n in enumerate(args.peer)}
+        peers = sorted((p for p in peers if p.name in order), key=lambda p: order[p.name])
+    ctx, me = None, ""
+    if peers:
+        from replication import certs
+
+        d = node_dir(home)
+        try:
+            ctx = certs.client_context(d / certs.CERT_FILE, d / certs.KEY_FILE, d / certs.CA_FILE)
+            me = certs.load_bundle(d, expect=certs.NODE).identity.name
+        except (OSError, ValueError) as e:
+            raise UserError("store repair", f"this node's certificates are unusable ({e})") from None
+    try:
+        store = LocalStore.open(home.store)
+    except StoreLocked as e:
+        raise UserError("store repair", f"{e}. Repair appends to the log itself, so stop the node "
+                        "daemon (`grid stop`), run `grid store repair`, then start it again "
+                        "(`grid serve`); `grid store check` works while it runs") from None
+    except StoreError as e:
+        raise UserError("store repair", f"{e}; then run `grid store repair`") from None
+    roots, _counts = live_roots(home)
+    fetcher = Fetcher([(p.name, p.addr) for p in peers], ctx, me)
+
+    def progress(what: str, n: int) -> None:
+        if not args.json and sys.stderr.isatty():
+            print(f"\rrepair: {n} block(s) {what}", end="", file=sys.stderr, flush=True)
+
+    try:
+        with store:
+            rep = repair(store, roots, fetcher, progress=progress)
+    finally:
+        fetcher.close()
+    assert rep.before is not None and rep.after is not None
+    if args.json:
+        print(json.dumps({
+            "ok": rep.ok, "lost_before": len(rep.before.lost), "wanted": rep.wanted,
+            "restored": len(rep.restored), "peers": rep.peers, "peer_errors": rep.peer_errors,
+            "unrecoverable": [{"score": format_score(s), "why": why}
+                              for s, why in sorted(rep.unrecoverable.items())],
+            "healed_regions": rep.healed_regions, "errors_after": rep.after.errors,
+            "lost_after": sorted(format_score(x) for x in rep.after.lost),
+        }))
+    else:
+        if sys.stderr.isatty() and rep.restored:
+            print(file=sys.stderr)
+        for e in rep.peer_errors:
+            print(f"grid: store repair: peer {e}", file=sys.stderr)
+        if not peers:
+            print("grid: store repair: no peers to fetch from (grid peer add NAME HOST:PORT)",
+                  file=sys.stderr)
+        for s, why in sorted(rep.unrecoverable.items()):
+            print(f"grid: store repair: block {format_score(s)} is lost: {why}", file=sys.stderr)
+        for e in rep.after.errors:
+            print(f"grid: store repair: still damaged: {e}", file=sys.stderr)
+        src = ", ".join(f"{n} {c}" for n, c in rep.peers.items()) or "no peer"
+        state = "ok: the store checks clean" if rep.ok else \
+            f"{len(rep.unrecoverable)} block(s) lost, {len(rep.after.errors)} problem(s) left"
+        print(f"repair: {len(rep.before.lost)} lost block(s) found, {rep.wanted} wanted, "
+              f"{len(rep.restored)} restored (from {src}), {rep.healed_regions} damaged region(s) "
+              f"accounted for: {state}")
+    return 0 if rep.ok else 1

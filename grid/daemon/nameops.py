@@ -98,11 +98,17 @@ def _unshare(db: NameDB, who: Caller, name: str, principal: str) -> dict:
     return db.unshare(name, principal, who).as_dict()
 
 
-def _forget(db: NameDB, who: Caller, name: str, dry_run: bool = False, **keep: Any) -> dict:
+def _forget(db: NameDB, who: Caller, name: str, dry_run: bool = False, **keep: int | str | None) -> dict:
+    from ndb.errors import NdbValueError
     from ndb.retention import Policy, Within
 
     within = keep.pop("keep_within", None)
-    counts = {k.removeprefix("keep_"): int(v) for k, v in keep.items() if v is not None}
+    if within is not None and not isinstance(within, str):
+        raise NdbValueError(f"keep_within must be a duration, not {within!r}")
+    counts = {k.removeprefix("keep_"): v for k, v in keep.items() if v is not None}
+    for k, v in counts.items():
+        if type(v) is not int:
+            raise NdbValueError(f"keep_{k} must be a whole number, not {str(v)[:40]!r}")
     policy = Policy(**counts, within=Within.parse(within) if within else None)
     return db.forget(name, policy, who, dry_run=bool(dry_run)).as_dict()
 

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import inspect
 import logging
 import os
 import pwd
@@ -287,6 +288,10 @@ class Daemon:
         handler = getattr(self, f"_op_{op}", None) or nameops.handler(self, op)
         if handler is None:
             raise Refused(errno.ENOSYS, f"no command {op!r}")
+        # Bad client input is a one-line refusal, never a traceback in the log.
+        why = _arg_error(*((handler, 1) if op not in nameops.LOCAL else (nameops.LOCAL[op], 2)), args, kw)
+        if why is not None:
+            raise Refused(errno.EINVAL, f"{op}: bad arguments ({why})")
         try:
             return await handler(uid, *args, **kw)
         except TypeError as e:
@@ -618,3 +623,30 @@ def _listening(path: os.PathLike[str]) -> bool:
         return False
     finally:
         s.close()
+
+
+_ARG_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool, "None": type(None)}
+
+
+def _arg_error(fn: Any, skip: int, args: list[Any], kw: dict[str, Any]) -> str | None:
+    """Why *args* and *kw* do not fit *fn* (less its first *skip* parameters): a missing or
+    unknown argument, or a value not of a plain annotated type (``str``, ``int``, ``bool``,
+    ``None`` and unions of them; a bool is not an int here). None when they fit."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[skip:]
+    try:
+        bound = sig.replace(parameters=params).bind(*args, **kw)
+    except TypeError as e:
+        return str(e)
+    for name, value in bound.arguments.items():
+        p = sig.parameters[name]
+        ann = p.annotation if isinstance(p.annotation, str) else ""
+        types = [_ARG_TYPES.get(t.strip()) for t in ann.split("|")]
+        if not ann or None in types:
+            continue  # an annotation this check does not know (Any, containers)
+        values = value.values() if p.kind is p.VAR_KEYWORD else [value]
+        for v in values:
+            if not any(type(v) is t or (t is not bool and t is not int and isinstance(v, t))
+                       for t in types):
+                return f"{name} must be {ann}, not {type(v).__name__}"
+    return None

@@ -8,7 +8,21 @@ changed — a byte flipped, a run of bytes set to 0x00/0xFF, the block truncated
 or a reference swapped for another block of the archive — and every block above it is
 rewritten so the mutant is a complete, closed archive with a new root score. Most commands
 run in-process through the CLI's own ``main`` (the whole entry point, error handling
-included); a sample runs as real processes.
+included); a sample runs as real processes. Each mutant is also spawned: an Engine over it
+(a fresh overlay) walks the whole tree, reading every file and link, and may fail only with
+the precise error types (OSError with an errno, BadArchive, StoreError).
+
+The number of mutants is ``GRID_FUZZ_MUTANTS`` (default 500, about 35 s here). The long run,
+on demand::
+
+    GRID_FUZZ_MUTANTS=10000 .venv/bin/python -m pytest -q tests/grid/test_archive_fuzz.py -k never_crash
+
+measured 2026-12-03 on the shared 2-CPU machine (others' tests running): 10,000 mutants
+(50,000 command runs and 10,000 spawns read whole) passed in 721 s, peak RSS 61 MB:
+22,061 command runs failed cleanly (one `grid:` line, exit 1), 7,641 spawns met a precise
+read error, no traceback, no other exception, nothing written outside the target. The first
+10,000-mutant run found 7 partial exports (an entry of unknown file type, named and skipped)
+whose summary line the test had taken for an unclean failure; the test now allows that line.
 """
 
 from __future__ import annotations
@@ -19,18 +33,23 @@ import os
 import random
 import re
 import shutil
+import stat
 import sys
 from pathlib import Path
 
 import pytest
 
 from grid.cli.main import main
+from spawn.archive import BadArchive
+from spawn.cred import ROOT
+from spawn.engine import Engine
 from store.block import BlockType, encode_refs, split_refs
+from store.errors import StoreError
 from store.local import LocalStore
 from store.score import format_score, parse_score
 from tests.grid.conftest import run_grid
 
-MUTANTS = 260
+MUTANTS = int(os.environ.get("GRID_FUZZ_MUTANTS", "500"))
 COMMANDS = ("ls", "ls -l", "cat", "export", "diff")
 
 
@@ -136,8 +155,49 @@ def _argv(cmd: str, ref: str, good: str, dest: Path) -> list[str]:
     return ["diff", good, ref]
 
 
+SPAWN_ERRORS = (OSError, BadArchive, StoreError)
+
+
+def _spawn_and_read(store: LocalStore, root: bytes, overlay: Path) -> str | None:
+    """Spawn *root* (an Engine over a new overlay) and read the whole tree: every directory
+    listed, every file read to its end, every link read. Returns the first precise error
+    met (as text), or None; any other exception propagates and fails the test."""
+    try:
+        eng = Engine(store, overlay, root)
+    except SPAWN_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+    first: str | None = None
+    try:
+        todo, seen = [eng.archive.root_ino], set()
+        while todo and len(seen) < 2000:
+            ino = todo.pop()
+            if ino in seen:
+                continue
+            seen.add(ino)
+            try:
+                for _name, a in eng.readdir(ROOT, ino):
+                    if stat.S_ISDIR(a.mode):
+                        todo.append(a.ino)
+                    elif stat.S_ISLNK(a.mode):
+                        eng.readlink(ROOT, a.ino)
+                    elif stat.S_ISREG(a.mode):
+                        off = 0
+                        while off < min(a.size, 4 << 20):
+                            got = eng.read(ROOT, a.ino, off, 1 << 20)
+                            if not got:
+                                break
+                            off += len(got)
+            except SPAWN_ERRORS as e:
+                first = first or f"{type(e).__name__}: {e}"
+    finally:
+        eng.close()
+    return first
+
+
 def _clean(code: int, err: str) -> bool:
-    lines = [x for x in err.splitlines() if x]
+    # export's summary line ("export SCORE: N files, ...") may follow the lines naming what
+    # it skipped (e.g. "unknown file type 0o0 for f021; skipped"): a partial export, exit 1.
+    lines = [x for x in err.splitlines() if x and not x.startswith("export blake3:")]
     return (code == 1 and bool(lines) and all(x.startswith("grid: ") for x in lines)
             and not re.search(r"(^|[\s(:=,])b['\"]", err) and "Traceback" not in err)
 
@@ -173,9 +233,9 @@ def test_mutated_archives_never_crash_a_command(archive, monkeypatch):
             except Exception:  # refused by the store (closure, size): not a mutant
                 continue
         store.sync()
-    assert len(roots) >= 250
+    assert len(roots) >= MUTANTS * 0.95
     outside = set(os.listdir(tmp))
-    clean_errors = 0
+    clean_errors = spawn_errors = 0
     for n, r in enumerate(roots):
         ref = format_score(r)
         for cmd in COMMANDS:
@@ -187,9 +247,14 @@ def test_mutated_archives_never_crash_a_command(archive, monkeypatch):
             clean_errors += code != 0
             if cmd == "export":
                 shutil.rmtree(tmp / "out", ignore_errors=True)
+        with LocalStore.open(home / "store", readonly=True) as ro:
+            spawn_errors += _spawn_and_read(ro, r, tmp / "out" / "overlay") is not None
+        shutil.rmtree(tmp / "out", ignore_errors=True)
         assert set(os.listdir(tmp)) <= outside | {"out"}, "nothing is written outside the target"
     assert not failures, f"{len(failures)} unclean failures, e.g.\n" + "\n".join(failures[:8])
-    assert clean_errors > 100, "the mutants must actually break things for this test to mean anything"
+    assert clean_errors > len(roots) // 3, "the mutants must actually break things for this test to mean anything"
+    assert spawn_errors > len(roots) // 10, "spawned mutants must fail reads too"
+    print(f"{len(roots)} mutants: {clean_errors} clean command errors, {spawn_errors} spawns with a precise read error")
 
 
 def _edit_inode_tree(home: Path, root: bytes, old: bytes, new: bytes) -> str:

@@ -265,3 +265,242 @@ def test_check_beside_a_running_writer_reports_no_false_problems(home, tmp_path)
         proc.wait()
     p, ck = _check(home)  # the killed writer's unsynced tail is re-indexed by the next writer
     assert ck["ok"]
+
+
+# -- the matrix with repair: two real nodes, a damaged one and its replica ------------------
+
+def _scores_in_log(store_dir: Path) -> set[bytes]:
+    """The distinct blocks whose records verify, read straight from the segment files (the
+    index is not consulted: it may be the damaged part)."""
+    from store.logscan import Good, scan_segment
+
+    dec = LocalStore.__new__(LocalStore)
+    import store.local as local
+
+    dec._zstd = local._Compressor(3)
+    out: set[bytes] = set()
+    for seg in sorted((store_dir / "segments").glob("*.seg")):
+        with open(seg, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            for it in scan_segment(f, int(seg.stem, 16), 16, size, dec._decode_payload):
+                if isinstance(it, Good):
+                    out.add(it.header.score)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Node a (imports a tree in small segments, pushes it to b) and b, its replica, whose
+    daemon listens; a's pristine store is kept to start every case from."""
+    import shutil
+
+    from tests.replication.grid3 import make_grid
+
+    tmp = tmp_path_factory.mktemp("pair")
+    a, b = make_grid(2, tmp)
+    try:
+        b.start()
+        (a.node.home / "store" / "segment_size").write_text(str(96 << 10))
+        src = tmp / "src"
+        (src / "d" / "e").mkdir(parents=True)
+        rnd = __import__("random").Random(3)
+        for i in range(12):
+            (src / "d" / f"f{i}.bin").write_bytes(rnd.randbytes(20_000 + 7_000 * i))
+        (src / "d" / "e" / "small.txt").write_text("small\n" * 300)
+        (src / "top.txt").write_text("top\n")
+        a.grid("import", str(src), "proj")
+        (src / "top.txt").write_text("top, second version\n")
+        a.grid("import", str(src), "proj")
+        a.grid("replicate")
+        pristine = tmp / "pristine"
+        shutil.copytree(a.node.home / "store", pristine)
+        with LocalStore.open(pristine, readonly=True) as s:
+            recs = [(r.position, r.next_position, bytes(r.score)) for r in s.iter_log(0)]
+        yield a, b, src, pristine, recs, tmp
+    finally:
+        a.node.close()
+        b.node.close()
+
+
+def _reset(a, pristine: Path) -> Path:
+    import shutil
+
+    store = a.node.home / "store"
+    shutil.rmtree(store)
+    shutil.copytree(pristine, store)
+    return store
+
+
+def _a_check(a, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    p = a.grid("store", "check", "--json", *extra, check=False)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode in (0, 1), (p.returncode, p.stderr)
+    return p, json.loads(p.stdout)
+
+
+def _repair_and_verify(a, src: Path, tmp: Path, recs, *, lost: int) -> dict:
+    import filecmp
+
+    p = a.grid("store", "repair", "--json", check=False)
+    assert "Traceback" not in p.stderr, p.stderr
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["ok"], (out, p.stderr)
+    assert out["restored"] >= lost and not out["unrecoverable"]
+    p, ck = _a_check(a)
+    assert p.returncode == 0 and ck["ok"], ck["errors"][:5]
+    assert ck["bad_records"] == 0 and ck["lost_blocks"] == []
+    assert _readable(a.node.home, [r[2] for r in recs]) == len({r[2] for r in recs})
+    dest = tmp / f"export-{os.urandom(4).hex()}"
+    a.grid("export", "proj", str(dest))
+    cmp = filecmp.dircmp(src, dest)
+    assert not (cmp.left_only or cmp.right_only or cmp.diff_files), "export identical to the source"
+    assert all(filecmp.cmp(src / "d" / f, dest / "d" / f, shallow=False) for f in os.listdir(src / "d")
+               if f.endswith(".bin"))
+    # A second repair finds nothing to do.
+    again = json.loads(a.grid("store", "repair", "--json").stdout)
+    assert again["ok"] and again["restored"] == 0
+    return out
+
+
+def _kept_after_rebuild(a, recs, damaged: set[bytes]) -> dict:
+    _p, rb = _a_check(a, "--rebuild")
+    want = {r[2] for r in recs} - damaged
+    assert rb["blocks"] == len(want) == len(_scores_in_log(a.node.home / "store")), \
+        "blocks kept == blocks that verify"
+    assert _readable(a.node.home, sorted(want)) == len(want)
+    return rb
+
+
+@pytest.mark.parametrize("where", ["last", "earlier"])
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_matrix_flipped_byte_then_repair(pair, where, rebuild):
+    a, _b, src, pristine, recs, tmp = pair
+    _reset(a, pristine)
+    segs = _segments(a.node.home)
+    assert len(segs) >= 4
+    in_last = [r for r in recs if r[0] >= int(segs[-1].stem, 16)]
+    victim = in_last[len(in_last) // 2] if where == "last" else recs[3]
+    # last: a payload byte (the header names the block); earlier: a header byte (it does not)
+    _flip(a.node.home, victim[0] + (RECORD_HEADER_SIZE + 7 if where == "last" else 20))
+    p, ck = _a_check(a)
+    assert p.returncode == 1 and ck["bad_records"] == 1
+    assert ck["lost_blocks"] == [format_score(victim[2])]
+    p, ck = _a_check(a, "--names")
+    assert {n["name"] for n in ck["names"]} == {"proj"} and ck["names"][0]["blocks"] >= 1
+    p = a.grid("store", "check", "--names", check=False)
+    assert p.returncode == 1 and "grid: store check: name proj (" in p.stderr
+    assert "name record(s) broken" in p.stdout and "Traceback" not in p.stderr
+    if rebuild:
+        rb = _kept_after_rebuild(a, recs, {victim[2]})
+        assert rb["bad_records"] == 1
+    out = _repair_and_verify(a, src, tmp, recs, lost=0 if rebuild else 1)
+    assert out["peers"] == {"b": out["restored"]}
+    # The damaged record stays in the log (repair never deletes), reported as healed.
+    _, ck = _a_check(a)
+    assert ck["healed_records"] == 1
+
+
+@pytest.mark.parametrize("which", ["last", "earlier"])
+def test_matrix_truncated_segment_then_repair(pair, which):
+    a, _b, src, pristine, recs, tmp = pair
+    _reset(a, pristine)
+    segs = _segments(a.node.home)
+    seg = segs[-1] if which == "last" else segs[1]
+    start = int(seg.stem, 16)
+    inside = [r for r in recs if start <= r[0] and r[1] <= start + seg.stat().st_size]
+    cut = inside[len(inside) // 2][0] + 100
+    os.truncate(seg, cut - start)
+    damaged = {r[2] for r in inside if r[1] > cut}
+    p, ck = _a_check(a)
+    if which == "earlier":  # the index still places blocks past the cut: lost, named
+        assert p.returncode == 1 and set(ck["lost_blocks"]) == {format_score(x) for x in damaged}
+    else:  # the writer's open refuses an index past the log's end; check says what to run
+        assert p.returncode == 1
+    _kept_after_rebuild(a, recs, damaged)
+    _repair_and_verify(a, src, tmp, recs, lost=0)
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "truncated", "deleted"])
+def test_matrix_damaged_index_then_repair(pair, damage):
+    a, _b, src, pristine, recs, tmp = pair
+    store = _reset(a, pristine)
+    data = store / "index" / "data.mdb"
+    if damage == "zeroed":
+        data.write_bytes(bytes(data.stat().st_size))
+    elif damage == "truncated":
+        os.truncate(data, 5000)
+    else:
+        import shutil
+
+        shutil.rmtree(store / "index")
+    p = a.grid("store", "check", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "grid store check --rebuild" in p.stderr
+    p = a.grid("store", "repair", check=False)
+    assert "Traceback" not in p.stderr
+    if damage == "deleted":  # the writer makes a new index and recovery indexes the whole log
+        assert p.returncode == 0, p.stderr
+    else:  # repair cannot start on an unreadable index: it says what to run
+        assert p.returncode == 1 and "grid store check --rebuild" in p.stderr
+    _kept_after_rebuild(a, recs, set())
+    out = _repair_and_verify(a, src, tmp, recs, lost=0)
+    assert out["restored"] == 0
+
+
+def test_matrix_segment_deleted_under_a_running_daemon_then_repair(pair):
+    a, _b, src, pristine, recs, tmp = pair
+    _reset(a, pristine)
+    a.node.start()
+    try:
+        segs = _segments(a.node.home)
+        gone = segs[2]
+        start, size = int(gone.stem, 16), gone.stat().st_size
+        inside = {r[2] for r in recs if start <= r[0] < start + size}
+        gone.unlink()
+        # check beside the daemon (read-only, no lock) reports the missing segment
+        p, ck = _a_check(a)
+        assert p.returncode == 1
+        assert set(ck["lost_blocks"]) == {format_score(x) for x in inside}
+        missing = [s for s in ck["segments"] if s["segment"].endswith("(missing)")]
+        assert missing and "a segment file was deleted" in missing[0]["bad"][0]["reason"]
+        # a read of a block in it names the segment
+        p = a.grid("store", "cat", format_score(sorted(inside)[0]), check=False)
+        assert p.returncode == 1 and "no segment file holds log position" in p.stderr
+        assert "Traceback" not in p.stderr
+        # the daemon's own reads (its block socket) name the segment, and its log says so once
+        from store.client import RemoteStore
+        from store.errors import CorruptBlock
+
+        with RemoteStore.connect_unix(str(a.node.home / "run" / "blocks.sock"), name="t") as rs:
+            for x in sorted(inside)[:3]:
+                with pytest.raises(CorruptBlock, match=f"segment file {gone.name} is missing"):
+                    rs.get(x)
+        assert a.node.log.read_text().count(f"segment file {gone.name} is missing") == 1
+        # repair says precisely what to do while the daemon holds the store
+        p = a.grid("store", "repair", check=False)
+        assert p.returncode == 1 and "grid stop" in p.stderr and "Traceback" not in p.stderr
+    finally:
+        a.node.stop()
+    p, ck = _a_check(a)
+    assert p.returncode == 1 and len(ck["lost_blocks"]) == len(inside)
+    _repair_and_verify(a, src, tmp, recs, lost=len(inside))
+
+
+def test_repair_without_a_replica_reports_exactly_what_is_lost(pair):
+    a, b, _src, pristine, recs, _tmp = pair
+    _reset(a, pristine)
+    victim = recs[5]
+    _flip(a.node.home, victim[0] + RECORD_HEADER_SIZE + 3)
+    b.node.stop()  # no peer answers
+    try:
+        p = a.grid("store", "repair", "--json", check=False)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        out = json.loads(p.stdout)
+        assert not out["ok"] and out["restored"] == 0
+        assert [u["score"] for u in out["unrecoverable"]] == [format_score(victim[2])]
+        assert out["peer_errors"] and "cannot reach b" in out["peer_errors"][0]
+        p = a.grid("store", "repair", check=False)
+        assert p.returncode == 1
+        assert f"block {format_score(victim[2])} is lost" in p.stderr
+    finally:
+        b.start()
