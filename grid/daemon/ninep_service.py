@@ -14,7 +14,7 @@ Who the client is comes from the transport, never from 9P (invariant 9):
 Tattach then checks what the client *claims* against that identity: ``uname`` must be the
 user's name, or empty with ``n_uname`` (9P2000.u/.L) equal to the user's uid (diod's tools
 send only the number); anything else is EACCES (``check_uname``). ``aname`` is a spawn id: the spawn's root,
-for its owner and root only; to anyone else the spawn does not exist (ENOENT). An empty
+for its owner, root and those it is shared with; to anyone else the spawn does not exist (ENOENT). An empty
 ``aname`` is the user's namespace (grid.daemon.ninep_ns: ctl, names, ID/ctl, ID/status,
 ID/root/), and ``ctl`` diod's synthetic ``date``, ``zero`` and ``null`` for its tools.
 
