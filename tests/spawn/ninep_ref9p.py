@@ -196,6 +196,8 @@ class _Session:
                 raise _errno(errno.EISDIR, "a directory opens for reading only")
         else:
             os.close(os.open(f.path, self._open_fd_flags(m.mode)))  # the permission check
+            if m.mode & 3 == m9.OEXEC and not os.access(f.path, os.X_OK):
+                raise _errno(errno.EACCES, "OEXEC needs execute permission")
             if m.mode & m9.OTRUNC:  # needs write permission whatever the mode (open(5))
                 os.close(os.open(f.path, os.O_WRONLY | os.O_TRUNC))
         # ORCLOSE needs write permission in the parent (open(5)); the root's parent is the
@@ -212,11 +214,12 @@ class _Session:
             raise _errno(errno.ENOTDIR, "create in a non-directory")
         self._name_ok(m.name)
         path = os.path.join(f.path, os.fsdecode(m.name))
+        # The request's own sense first (a directory opens for reading only), then the tree.
+        if m.perm & m9.DMDIR and (m.mode & 3 in (m9.OWRITE, m9.ORDWR) or m.mode & m9.OTRUNC):
+            raise _errno(errno.EISDIR, "a directory opens for reading only")
         if os.path.lexists(path):
             raise _errno(errno.EEXIST, os.fsdecode(m.name))
         if m.perm & m9.DMDIR:
-            if m.mode & 3 in (m9.OWRITE, m9.ORDWR) or m.mode & m9.OTRUNC:
-                raise _errno(errno.EISDIR, "a directory opens for reading only")
             perm = m.perm & (~0o777 | (ds.st_mode & 0o777)) & 0o777
             os.mkdir(path)
         else:
