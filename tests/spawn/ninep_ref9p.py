@@ -274,7 +274,7 @@ class _Session:
 
     def _clunk(self, n: int) -> None:
         f = self.fids.pop(n)
-        if f.rclose:
+        if f.rclose and f.path != self.root:  # the root is never removed (as Tremove)
             with contextlib.suppress(OSError):
                 self._unlink(f.path)
 

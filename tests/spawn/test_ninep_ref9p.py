@@ -36,6 +36,10 @@ ROOT = 1
 FIDS = list(range(2, 10))
 NAMES = [b"hello.txt", b"big.bin", b"dir", b"a", b"b", b"sub", b"deep", b"many", b"f00",
          b"f07", b"n1", b"n2", b"d1", b"d2", b".."]
+PATHS = [(), (b"hello.txt",), (b"big.bin",), (b"dir",), (b"dir", b"a"), (b"dir", b"b"),
+         (b"dir", b"sub"), (b"dir", b"sub", b"deep"), (b"many",), (b"many", b"f07"), (b"n1",),
+         (b"d1",), (b"dir", b"n2"), (b"dir", b"d2"), (b"d1", b"n1"), (b"dir", b"sub", b"..", b"b"),
+         (b"dir",), (b"hello.txt",), (b"dir", b"sub"), (b"many", b"f00"), (b"dir", b"a")]
 NEW = [b"n1", b"n2", b"d1", b"d2", b"a", b"hello.txt"]
 OPEN_MODES = [m9.OREAD, m9.OWRITE, m9.ORDWR, m9.OEXEC, m9.ORDWR | m9.OTRUNC,
               m9.OWRITE | m9.OTRUNC, m9.OREAD | m9.ORCLOSE, m9.ORDWR | m9.ORCLOSE,
@@ -60,8 +64,9 @@ def _stat_key(s: m9.Stat) -> tuple[Any, ...]:
 
 
 class Harness:
-    def __init__(self, ref: Client, grid: Client, seed: int) -> None:
+    def __init__(self, ref: Client, grid: Client, seed: int, tree: Path) -> None:
         self.ref, self.grid = ref, grid
+        self.tree = tree  # the reference's directory: where walks find names that exist
         self.rng = random.Random(seed)
         self.paths: dict[int, tuple[bytes, ...] | None] = {ROOT: ()}  # None: stale
         self.isdir: dict[int, bool] = {}  # open fids: is it a directory
@@ -91,11 +96,20 @@ class Harness:
     def fail(self, why: str) -> None:
         raise Difference(f"{why}\n{self.report()}")
 
+    def existing(self) -> list[tuple[bytes, ...]]:
+        """Paths in the tree now (at most 4 deep, the big directory sampled)."""
+        out: list[tuple[bytes, ...]] = [()]
+        for d, dirs, files in os.walk(os.fsencode(self.tree)):
+            rel = os.path.relpath(d, os.fsencode(self.tree))
+            base = () if rel == b"." else tuple(rel.split(b"/"))
+            out += [(*base, n) for n in sorted(dirs + files)[:6]]
+        return out
+
     def fid(self, live: bool = True, root: bool = False) -> int:
         """Mostly a fid that names a file; the attach fid only when *root* (it is never
         opened, clunked or removed, so walks can always start from it)."""
         pool = [f for f in self.paths if self.paths[f] is not None and (root or f != ROOT)]
-        if live and self.rng.random() < 0.9 and pool:
+        if live and self.rng.random() < 0.97 and pool:
             return self.rng.choice(pool)
         if not live:
             return self.rng.choice(FIDS)
@@ -118,10 +132,25 @@ class Harness:
                         "write", "stat", "wstat", "remove", "clunk", "flush"])
         self.counts[op] = self.counts.get(op, 0) + 1
         tag = self.ref.tag()
+        stale = [f for f in FIDS if self.paths.get(f, ()) is None]
+        if len(stale) > len(FIDS) // 2 or (len(self.paths) > len(FIDS) and rng.random() < 0.3):
+            # keep fids to play with: clunk a stale one, or any when none is free
+            fid = rng.choice(stale or FIDS)
+            a, b = await self.both(m9.Tclunk(tag=tag, fid=fid), lenient=fid in self.rclose)
+            self._drop(fid)
+            return
         if op == "walk":
             fid = self.fid(root=True)
+            free = [f for f in FIDS if f not in self.paths]
             newfid = fid if rng.random() < 0.2 and fid != ROOT else rng.choice(FIDS)
-            names = tuple(rng.choice(NAMES) for _ in range(rng.choice([0, 1, 1, 2, 2, 3])))
+            if free and rng.random() < 0.8:
+                newfid = rng.choice(free)
+            if rng.random() < 0.6:  # mostly paths that exist (or did), so later steps succeed
+                fid = ROOT
+                names = rng.choice(self.existing()) + (() if rng.random() < 0.8 else
+                                                        (rng.choice(NAMES),))
+            else:
+                names = tuple(rng.choice(NAMES) for _ in range(rng.choice([0, 1, 1, 2, 2, 3])))
             a, b = await self.both(m9.Twalk(tag=tag, fid=fid, newfid=newfid, wnames=names))
             if isinstance(a, m9.Rwalk):
                 assert isinstance(b, m9.Rwalk)
@@ -304,7 +333,7 @@ def test_random_sequences_agree_with_reference(tmp_path):
             await ref_srv.start(tmp_path / "ref.sock")
             ref, grid = await _attach(tmp_path / "ref.sock"), await _attach(env.sock)
             await _unlink_symlink(grid)
-            h = Harness(ref, grid, SEED)
+            h = Harness(ref, grid, SEED, src)
             t0 = time.monotonic()
             counts = await h.run(STEPS)
             print(f"{STEPS} steps, seed {SEED}, {time.monotonic() - t0:.1f} s: {counts}")
