@@ -50,6 +50,7 @@ class Fid:
     path: str  # a real path under the served root
     mode: int | None = None  # the open mode (OREAD...), None while not open
     rclose: bool = False
+    ino: int = 0  # the file opened ORCLOSE: removed on clunk only if the path still names it
     dirbuf: bytes = b""  # a directory's entries, packed once at the first read
     dirpos: int = 0  # the offset the next directory read must start at (read(5))
 
@@ -202,7 +203,7 @@ class _Session:
                 os.close(os.open(f.path, os.O_WRONLY | os.O_TRUNC))
         # ORCLOSE needs write permission in the parent (open(5)); the root's parent is the
         # root itself (walk(5)), and we act as root: allowed, and the clunk's remove fails.
-        f.mode, f.rclose = m.mode, bool(m.mode & m9.ORCLOSE)
+        f.mode, f.rclose, f.ino = m.mode, bool(m.mode & m9.ORCLOSE), s.st_ino
         return m9.Ropen(tag=m.tag, qid=self._qid(self._lstat(f.path)), iounit=0)
 
     def _h_create(self, m: m9.Tcreate) -> Message:
@@ -227,6 +228,7 @@ class _Session:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.chmod(path, perm)
         f.path, f.mode, f.rclose = path, m.mode, bool(m.mode & m9.ORCLOSE)
+        f.ino = os.lstat(path).st_ino
         f.dirbuf, f.dirpos = b"", 0
         return m9.Rcreate(tag=m.tag, qid=self._qid(self._lstat(path)), iounit=0)
 
@@ -276,7 +278,8 @@ class _Session:
         f = self.fids.pop(n)
         if f.rclose and f.path != self.root:  # the root is never removed (as Tremove)
             with contextlib.suppress(OSError):
-                self._unlink(f.path)
+                if os.lstat(f.path).st_ino == f.ino:  # the fid's file, not a newcomer's
+                    self._unlink(f.path)
 
     def _unlink(self, path: str) -> None:
         if st.S_ISDIR(os.lstat(path).st_mode):
