@@ -70,6 +70,8 @@ CHECKED = frozenset({fp.LOOKUP, fp.GETATTR, fp.SETATTR, fp.READLINK, fp.SYMLINK,
                      fp.CREATE, fp.OPENDIR, fp.STATFS, fp.SETXATTR, fp.GETXATTR,
                      fp.LISTXATTR, fp.REMOVEXATTR, fp.ACCESS, fp.TMPFILE})
 NO_REPLY = frozenset({fp.FORGET, fp.BATCH_FORGET, fp.INTERRUPT})
+#: The open flags the engine's open checks (spawn.access.may_open); the rest are the kernel's.
+_OPEN_FLAGS = os.O_ACCMODE | os.O_TRUNC | O_EXEC
 # A handle names its inode (low 48 bits), so that the next server of a mount (after a daemon
 # restart) serves handles it never gave out: a serial keeps handles apart, and flags say
 # what the handle is for.
@@ -410,7 +412,7 @@ class FuseChannel:
 
     def h_open(self, req: fp.Request) -> None:
         flags, _open_flags = fp.OPEN_IN.unpack_from(req.body)
-        a, answer = self._call(req, "open", req.nodeid, flags & (os.O_ACCMODE | os.O_TRUNC | O_EXEC))
+        a, answer = self._call(req, "open", req.nodeid, flags & _OPEN_FLAGS)
         answer(self._open_out(a, flags))
 
     def h_create(self, req: fp.Request) -> None:
@@ -426,7 +428,7 @@ class FuseChannel:
             found = self.host.engine.lookup(self.cred, req.nodeid, name)
             if stat.S_ISDIR(found.mode):
                 raise OSError(errno.EISDIR, "a directory") from None
-            a, answer = self._call(req, "open", found.ino, flags & (os.O_ACCMODE | os.O_TRUNC | O_EXEC))
+            a, answer = self._call(req, "open", found.ino, flags & _OPEN_FLAGS)
         answer(self._entry(a) + self._open_out(a, flags))
 
     def h_read(self, req: fp.Request) -> None:
