@@ -94,6 +94,31 @@ class Node:
             raise AssertionError(f"grid {' '.join(args)} failed ({p.returncode}): {p.stderr}")
         return p
 
+    def write_tree(self, files: dict[str, str | bytes], *, owner: User | None = None,
+                   roots: tuple[str, ...] = ()) -> Path:
+        """Files (relative path -> content, mode 0644, directories made) under base/src, every
+        entry given to *owner* if one is named except the paths in *roots* (left root's)."""
+        src = self.base / "src"
+        for rel, data in files.items():
+            f = src / rel
+            f.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                f.write_text(data)
+            else:
+                f.write_bytes(data)
+            os.chmod(f, 0o644)
+        if owner is not None:
+            for p in [src, *src.rglob("*")]:
+                if str(p.relative_to(src)) not in roots:
+                    os.lchown(p, owner.uid, owner.gid)
+        return src
+
+    def import_shared(self, src: Path, name: str) -> None:
+        """Import *src* as *name*, readable by every user (a new name is private to its
+        owner: docs/ndb.md), so other users may spawn it."""
+        self.grid("import", str(src), name)
+        self.grid("name", "chmod", "0644", name)
+
     def init(self) -> None:
         self.grid("init")
         os.chmod(self.home, 0o711)

@@ -70,12 +70,7 @@ def env() -> Iterator[Env]:
     n = new_node()
     try:
         n.init()
-        src = n.base / "src"
-        src.mkdir()
-        (src / "hello").write_text("hi\n")
-        os.chmod(src / "hello", 0o644)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")  # a base everyone may spawn
+        n.import_shared(n.write_tree({"hello": "hi\n"}), "proj")  # a base everyone may spawn
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         ssh = shutil.which("ssh") is not None

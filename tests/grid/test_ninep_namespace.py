@@ -33,16 +33,9 @@ def env() -> Iterator[Env]:
     n = new_node()
     try:
         n.init()
-        src = n.base / "src"
-        src.mkdir()
-        (src / "hello").write_text("hi\n")
-        os.chmod(src / "hello", 0o644)
-        for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
-            os.lchown(p, alice.uid, alice.gid)
-        n.grid("import", str(src), "proj")
-        n.grid("import", str(src), "other")
-        for name in ("proj", "other"):  # new names are private to their owner
-            n.grid("name", "chmod", "0644", name)
+        src = n.write_tree({"hello": "hi\n"}, owner=alice)  # alice's own project: hers to change
+        n.import_shared(src, "proj")
+        n.import_shared(src, "other")
         for u in (alice, bob):
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.start()

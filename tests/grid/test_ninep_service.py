@@ -43,14 +43,8 @@ def env() -> Iterator[Env]:
     n = new_node()
     try:
         n.init()
-        src = n.base / "src"
-        src.mkdir()
-        (src / "hello").write_text("hi\n")
-        os.chmod(src / "hello", 0o644)
-        for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
-            os.lchown(p, alice.uid, alice.gid)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
+        # alice's own project: hers to change
+        n.import_shared(n.write_tree({"hello": "hi\n"}, owner=alice), "proj")
         for u in (alice, bob):
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.grid("user", "add", "gridtest-carol")  # a certificate, but no uid on this node

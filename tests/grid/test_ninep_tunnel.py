@@ -36,16 +36,9 @@ def env() -> Iterator[Env]:
     tunnel: subprocess.Popen[str] | None = None
     try:
         n.init()
-        src = n.base / "src"
-        (src / "sub").mkdir(parents=True)
-        (src / "hello").write_text("hi\n")
-        (src / "sub" / "big").write_bytes(bytes(range(256)) * 4096)  # 1 MiB: several reads
-        for p in (src / "hello", src / "sub" / "big"):
-            os.chmod(p, 0o644)
-        for p in [src, *src.rglob("*")]:  # alice's own project: hers to change
-            os.lchown(p, alice.uid, alice.gid)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
+        big = bytes(range(256)) * 4096  # 1 MiB: several reads
+        # alice's own project: hers to change
+        n.import_shared(n.write_tree({"hello": "hi\n", "sub/big": big}, owner=alice), "proj")
         n.grid("user", "add", alice.name, "--uid", str(alice.uid))
         port = free_port()
         n.start("--9p", f"127.0.0.1:{port}")

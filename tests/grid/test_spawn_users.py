@@ -34,12 +34,7 @@ def node(users: tuple[User, User]) -> Iterator[Node]:
     n = new_node()
     try:
         n.init()
-        src = n.base / "src"
-        src.mkdir()
-        (src / "hello").write_text("hi\n")
-        os.chmod(src / "hello", 0o644)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
+        n.import_shared(n.write_tree({"hello": "hi\n"}), "proj")
         for u in users:
             n.grid("user", "add", u.name, "--uid", str(u.uid))
         n.start("--spawnmax", "2")

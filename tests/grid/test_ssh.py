@@ -67,17 +67,9 @@ def env() -> Iterator[Env]:
     n = new_node()
     try:
         n.init()
-        src = n.base / "src"
-        (src / "docs").mkdir(parents=True)
-        (src / "hello").write_text("hi\n")
-        (src / "docs" / "a.txt").write_bytes(b"a" * 100_000)
-        os.chmod(src / "hello", 0o644)
-        for f in (src, src / "docs", src / "hello", src / "docs" / "a.txt"):
-            os.chown(f, alice.uid, alice.gid)  # alice's tree; "rootfile" stays root's
-        (src / "rootfile").write_text("root's\n")
-        os.chmod(src / "rootfile", 0o644)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
+        files = {"hello": "hi\n", "docs/a.txt": b"a" * 100_000, "rootfile": "root's\n"}
+        # alice's tree; "rootfile" stays root's
+        n.import_shared(n.write_tree(files, owner=alice, roots=("rootfile",)), "proj")
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         for who in ("alice", "bob", "stranger"):

@@ -61,16 +61,9 @@ def mounts() -> Iterator[Mounts]:
     sshfs_dir, fuse_dir = n.base / "sshfs", n.base / "fuse"
     try:
         n.init()
-        src = n.base / "src"
-        (src / "docs").mkdir(parents=True)
-        (src / "hello").write_text("hi\n")
-        (src / "docs" / "big").write_bytes(os.urandom(1 << 20))
-        for f in (src, src / "docs", src / "hello", src / "docs" / "big"):
-            os.chown(f, alice.uid, alice.gid)  # alice's tree, so she may write it
-        (src / "docs" / "rootfile").write_text("root's\n")  # but not this one
-        os.chmod(src / "docs" / "rootfile", 0o644)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")  # new names are private to their owner
+        files = {"hello": "hi\n", "docs/big": os.urandom(1 << 20), "docs/rootfile": "root's\n"}
+        # alice's tree, so she may write it, but not docs/rootfile
+        n.import_shared(n.write_tree(files, owner=alice, roots=("docs/rootfile",)), "proj")
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "alice")],
