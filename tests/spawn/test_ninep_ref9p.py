@@ -137,6 +137,10 @@ class Harness:
             # keep fids to play with: clunk a stale one, or any when none is free
             await self.clunk(tag, rng.choice(stale or FIDS))
             return
+        if not any(f != ROOT and q is not None for f, q in self.paths.items()) and op != "flush":
+            op = "walk"  # no fid to act on: make one (else most steps are "unknown fid")
+        elif len(self.existing()) < 12 and rng.random() < 0.3:
+            op = "create"  # removes outrun creates: keep the tree populated
         if op == "walk":
             fid = self.fid(root=True)
             free = [f for f in FIDS if f not in self.paths]
@@ -175,6 +179,12 @@ class Harness:
                     self.rclose.add(fid)
         elif op == "create":
             fid = self.fid()
+            p = self.paths.get(fid)
+            if (p is None or fid in self.isdir or not os.path.isdir(self.real(p))) \
+                    and rng.random() < 0.7:
+                # mostly in a directory, so that creates succeed often enough to matter
+                fid = await self.walk_to_dir(tag) or fid
+                tag = self.ref.tag()
             name = rng.choice(NEW)
             perm = rng.choice(PERMS)
             mode = rng.choice([m9.OREAD, m9.ORDWR, m9.OWRITE, m9.OREAD | m9.ORCLOSE])
@@ -248,6 +258,24 @@ class Harness:
             await self.clunk(tag, self.fid(live=rng.random() < 0.8))
         elif op == "flush":
             await self.both(m9.Tflush(tag=tag, oldtag=rng.choice([0, 7, tag ^ 1])))
+
+    def real(self, path: tuple[bytes, ...]) -> str:
+        """*path* in the reference's directory."""
+        return os.path.join(os.fsencode(self.tree), *path).decode(errors="surrogateescape")
+
+    async def walk_to_dir(self, tag: int) -> int | None:
+        """Walk a free fid from the root to a directory of the tree (a compared step);
+        the fid, or None when none is free."""
+        free = [f for f in FIDS if f not in self.paths]
+        dirs = [p for p in self.existing() if os.path.isdir(self.real(p))]
+        if not free:
+            return None
+        newfid, names = self.rng.choice(free), self.rng.choice(dirs)
+        a, _ = await self.both(m9.Twalk(tag=tag, fid=ROOT, newfid=newfid, wnames=names))
+        if isinstance(a, m9.Rwalk) and len(a.wqids) == len(names):
+            self.paths[newfid] = names
+            return newfid
+        return None
 
     async def clunk(self, tag: int, fid: int) -> None:
         p = self.paths.get(fid)
