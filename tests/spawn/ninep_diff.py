@@ -19,7 +19,11 @@ from diod"): qid.path and qid.version (grid's inode numbers and ctime), iounit, 
 blocks, a directory's size, times other than those a setattr just set, statfs fields other
 than namelen, readdir order and cookies (a full pass is compared as a set), and fids whose
 path another request renamed or removed (diod's fids name paths, grid's follow the file):
-the generator stops using those except to clunk them.
+the generator stops using those except to clunk them. Debian's diod has ways of its own that
+the model follows precisely (docs/9p.md, the table of intended differences): a walked ".."
+stays in its fid's path text (FidState.via, .dotdot), a partial walk onto the same fid moves
+that fid, a getlock through a read-locked fid is not tested, and a failed non-blocking
+upgrade of a read lock drops it (flock).
 
 Run by tests/spawn/test_ninep_diff.py; ``GRID_9P_DIFF_STEPS`` and ``GRID_9P_DIFF_SEED``
 choose the length and the sequence.
