@@ -51,6 +51,11 @@ class Difference(AssertionError):
     pass
 
 
+def _short(x: object) -> str:
+    r = repr(x)
+    return r if len(r) <= 240 else f"{r[:240]}... ({len(r)} characters)"
+
+
 def _err(r: Message) -> int | None:
     """None for a success, else the errno its text names (0 when none)."""
     if isinstance(r, m9.Rerror):
@@ -70,7 +75,9 @@ class Harness:
         self.rng = random.Random(seed)
         self.paths: dict[int, tuple[bytes, ...] | None] = {ROOT: ()}  # None: stale
         self.isdir: dict[int, bool] = {}  # open fids: is it a directory
-        self.rclose: set[int] = set()  # fids opened ORCLOSE
+        # fids opened ORCLOSE, with the reference's path for each (it follows wstat renames,
+        # also while the fid is stale here; None: not known)
+        self.rclose: dict[int, tuple[bytes, ...] | None] = {}
         self.log: list[str] = []
         self.counts: dict[str, int] = {}
         self.outcomes: dict[str, int] = {}  # per request type, successes and errors
@@ -78,7 +85,7 @@ class Harness:
     async def both(self, msg: Message, lenient: bool = False) -> tuple[Message, Message]:
         a = await self.ref.rpc(msg)
         b = await self.grid.rpc(msg)
-        self.log.append(f"{msg!r}\n    ref:  {a!r}\n    grid: {b!r}")
+        self.log.append(f"{_short(msg)}\n    ref:  {_short(a)}\n    grid: {_short(b)}")
         ea, eb = _err(a), _err(b)
         key = type(msg).__name__[1:] + (" ok" if ea is None else " err")
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
@@ -119,7 +126,7 @@ class Harness:
         if fid != ROOT:
             self.paths.pop(fid, None)
             self.isdir.pop(fid, None)
-            self.rclose.discard(fid)
+            self.rclose.pop(fid, None)
 
     def _gone(self, path: tuple[bytes, ...]) -> None:
         if not path:  # the root is never removed (an ORCLOSE clone of it removes nothing)
@@ -178,7 +185,7 @@ class Harness:
                     self.fail("open qid")
                 self.isdir[fid] = bool(a.qid.type & m9.QTDIR)
                 if mode & m9.ORCLOSE:
-                    self.rclose.add(fid)
+                    self.rclose[fid] = self.paths.get(fid)
         elif op == "create":
             fid = self.fid()
             p = self.paths.get(fid)
@@ -198,7 +205,7 @@ class Harness:
                 self.paths[fid] = None if p is None else (*p, name)
                 self.isdir[fid] = bool(perm & m9.DMDIR)
                 if mode & m9.ORCLOSE:
-                    self.rclose.add(fid)
+                    self.rclose[fid] = self.paths[fid]
         elif op == "read":
             fid = self.fid()
             if self.isdir.get(fid):
@@ -235,10 +242,11 @@ class Harness:
                 elif k == "mtime":
                     fields["mtime"] = 1_000_000_000
             p = self.paths.get(fid)
-            if p and any(f != fid and q is not None and q[:len(p)] == p and f in self.rclose
-                         for f, q in self.paths.items()):
-                # an ORCLOSE fid at the old name: grid's would remove nothing (its name is
-                # stale), the reference's the renamed file; not compared
+            if p and any(f != fid and (q is None or q[:len(p)] == p)
+                         for f, q in self.rclose.items()):
+                # an ORCLOSE fid at or below the old name (stale here or not): grid's would
+                # remove nothing (its name is stale), the reference's the renamed file; not
+                # compared
                 fields.pop("name", None)
             a, b = await self.both(m9.Twstat(tag=tag, fid=fid, stat=blank_stat(**fields)))
             if isinstance(a, m9.Rwstat) and "name" in fields and p:
@@ -249,6 +257,8 @@ class Harness:
                     self._gone(new)
                     self._gone(p)
                     self.paths[fid] = new
+                    if fid in self.rclose:
+                        self.rclose[fid] = new
         elif op == "remove":
             fid = self.fid()
             p = self.paths.get(fid)
@@ -280,15 +290,24 @@ class Harness:
         return None
 
     async def clunk(self, tag: int, fid: int) -> None:
-        p = self.paths.get(fid)
         rclose = fid in self.rclose
+        # an ORCLOSE fid removes the reference's path for it (which followed renames while
+        # the fid may be stale here)
+        p = self.rclose.get(fid) if rclose else self.paths.get(fid)
         # grid reports a failed ORCLOSE removal in Rerror (the fid is clunked all the same);
         # clunk(5) has no error there: docs/9p.md, intended differences.
-        a, _ = await self.both(m9.Tclunk(tag=tag, fid=fid), lenient=rclose)
+        there = bool(p) and os.path.lexists(self.real(p))  # type: ignore[arg-type]
+        a, b = await self.both(m9.Tclunk(tag=tag, fid=fid), lenient=rclose)
+        if rclose and there and isinstance(b, m9.Rerror) and not os.path.lexists(self.real(p)):  # type: ignore[arg-type]
+            self.fail("an ORCLOSE clunk removed the file on the reference only")
         if isinstance(a, m9.Rclunk):
             self._drop(fid)
             if rclose and p is not None:
                 self._gone(p)
+            elif rclose:  # removed somewhere not known here: no other fid is trusted
+                for f in self.paths:
+                    if f != ROOT:
+                        self.paths[f] = None
 
     async def compare_listing(self, fid: int) -> None:
         out = []
