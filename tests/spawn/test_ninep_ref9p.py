@@ -11,7 +11,7 @@ test tree is removed first (9P2000 has none; grid's 9P2000 view of one is docume
 Fids whose file another fid removed are only clunked (the reference's fids name paths,
 grid's follow inodes). Both sides act as root so that permissions stay out of it.
 
-``GRID_9P_REF_STEPS`` (default 10000, about 3 s) sets the length, ``GRID_9P_REF_SEED`` the sequence.
+``GRID_9P_REF_STEPS`` (default 10000, about 5 s on a loaded machine) sets the length, ``GRID_9P_REF_SEED`` the sequence.
 """
 
 from __future__ import annotations
