@@ -22,7 +22,9 @@ that does not fit in 48 bits is EOVERFLOW rather than a silent collision. Slots 
 link (per attach), so qid paths are stable for the attach's life, not across attaches.
 
 Command errors come back as errors of the write, with the daemon's message (9P2000 and .u
-clients read the text; .L clients get the errno only).
+clients read the text whole: spawn.ninep.errtext.Explained; .L clients get the errno only).
+Every other error here is a filesystem's (ENOENT, ENOTDIR, EACCES ...), and 9P2000 clients
+get the bare text that maps back to its errno, as for a spawn's own files.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from grid.daemon.sharedlink import SharedLink
 from spawn.attr import Attr
 from spawn.cred import Cred
 from spawn.engine import ROOT_INO
+from spawn.ninep.errtext import Explained
 from spawn.ninep.locks import Lock, LockTable
 from spawn.ninep.messages import LockType
 
@@ -232,11 +235,11 @@ class NamespaceLink:
             return await self._spawn_call(ino >> SHIFT, "write", ino & LOW, offset, data,
                                           append=append)
         if len(data) > MAX_COMMAND:
-            raise _err(errno.EINVAL, f"a command is one line of at most {MAX_COMMAND} bytes")
+            raise Explained(errno.EINVAL, f"a command is one line of at most {MAX_COMMAND} bytes")
         try:
             words = data.decode("utf-8").split()
         except UnicodeDecodeError:
-            raise _err(errno.EINVAL, "a command is UTF-8 text") from None
+            raise Explained(errno.EINVAL, "a command is UTF-8 text") from None
         if ino == CTL:
             await self._root_command(words)
         else:
@@ -248,7 +251,7 @@ class NamespaceLink:
 
     async def _root_command(self, words: list[str]) -> None:
         if len(words) != 2 or words[0] != "spawn":
-            raise _err(errno.EINVAL, "usage: spawn NAME")
+            raise Explained(errno.EINVAL, "usage: spawn NAME")
         r = await self._control("spawn", words[1])
         self._last[CTL] = f"{r['id']}\n".encode()
 
@@ -266,7 +269,7 @@ class NamespaceLink:
         elif words == ["kill"]:
             await self._control("kill", sid)
         else:
-            raise _err(errno.EINVAL, "usage: save [NAME] | kill")
+            raise Explained(errno.EINVAL, "usage: save [NAME] | kill")
 
     async def _control(self, op: str, *args: str) -> dict[str, Any]:
         """A daemon control request; its refusal becomes the write's error, message kept."""
@@ -275,7 +278,7 @@ class NamespaceLink:
             return result
         except Exception as e:
             code, message = _refusal(e)
-            raise OSError(code, f"{os.strerror(code)}: {op}: {message}") from None
+            raise Explained(code, f"{op}: {message}") from None
 
     # -- changes: only inside a spawn's root ---------------------------------------------------
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 from collections.abc import Iterable
 from typing import Any
 
 from spawn.ninep import messages as m9
 from spawn.ninep.codec import FrameBuffer, decode, encode, unpack_dirents, unpack_stats
+from spawn.ninep.errtext import errno_of
 from spawn.ninep.messages import (
     IOHDRSZ,
     NOFID,
@@ -308,10 +308,7 @@ def blank_stat(**fields: Any) -> Stat:
     return Stat(**base)
 
 
-_BY_TEXT = {os.strerror(code): code for code in sorted(errno.errorcode, reverse=True)}
-
-
 def errno_from_text(text: str) -> int:
-    """The errno of a 9P2000 error text that starts with a strerror (as grid's and the
-    engine's do: "No such file or directory: name"), else 0."""
-    return _BY_TEXT.get(text.split(":", 1)[0], 0)
+    """The errno of a 9P2000 error text: one of grid's bare texts ("file not found"), or a
+    text that starts with a strerror ("Invalid argument: usage: ..."); else 0."""
+    return errno_of(text)

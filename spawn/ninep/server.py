@@ -30,12 +30,13 @@ Concurrency, in short (details at each piece):
   which the protocol allows, so a client can always get its Tflush through).
 
 Errors: an OSError from the engine (or raised here) becomes Rlerror(errno) on a 9P2000.L
-connection, Rerror(strerror text, errno) on 9P2000.u and Rerror(text) on 9P2000. A frame
+connection, Rerror(text, errno) on 9P2000.u and Rerror(text) on 9P2000, the text one that
+9P2000 clients map back to the errno (spawn/ninep/errtext.py). A frame
 whose header is readable but whose body is not a request of the dialect gets an error reply
 for its tag (EPROTO for a bad body, EOPNOTSUPP for a type the dialect lacks); a frame that
 breaks the framing (size field under 7 or over msize), a malformed Tversion or Tflush, or a
 Tflush whose own tag is in flight closes that connection, and only it. Another request
-reusing a tag in flight gets an error (EBUSY, "duplicate tag", as Plan 9's lib9p answers)
+reusing a tag in flight gets an error (EBUSY, as Plan 9's lib9p answers "duplicate tag")
 and the request in flight goes on.
 """
 
@@ -61,6 +62,7 @@ from spawn.engine import ROOT_INO, Attr
 from spawn.fsformat import NAME_MAX
 from spawn.ninep import messages as m9
 from spawn.ninep.codec import FrameBuffer, decode, encode, encode_dirent, encode_stat
+from spawn.ninep.errtext import Explained, text_of
 from spawn.ninep.fids import Fid, Listing, Opened, Turn, Turns, XattrRead, XattrWrite, fid_fields
 from spawn.ninep.locks import LockTable, span
 from spawn.ninep.messages import (
@@ -193,9 +195,8 @@ class SessionStatistics:
 
 
 def _err(code: int, detail: str | None = None) -> OSError:
-    """An error for one request: *code* is its errno. The text (what 9P2000 clients read)
-    starts with the errno's strerror, as the engine's do, so a client that maps texts back
-    to errnos (Linux v9fs without .u) finds it; *detail* follows for people."""
+    """An error for one request: *code* is its errno, *detail* says more in the logs (9P2000
+    clients get the bare text their tables map to the errno: spawn/ninep/errtext.py)."""
     return OSError(code, os.strerror(code) + (f": {detail}" if detail else ""))
 
 
@@ -423,9 +424,14 @@ class Session:
         code = e.errno or errno.EIO
         if self.dialect is Dialect.LINUX:
             return m9.Rlerror(tag=tag, ecode=code)
+        # A bare text that clients' tables map to the errno, unless it is meant for people
+        # (spawn/ninep/errtext.py); .u carries the number besides.
+        whole = e.strerror if isinstance(e, Explained) and e.strerror else text_of(code)
+        if whole != e.strerror and e.strerror:
+            self.log.debug("error %s sent as %r", e.strerror, whole)
         # size[4] type[1] tag[2] ename[s] (and errno[4] in .u): the text fits the msize
         room = min(1024, (self.msize or 8192) - 4 - 1 - 2 - 2 - 4)
-        text = (e.strerror or os.strerror(code)).encode("utf-8", "replace")[:room]
+        text = whole.encode("utf-8", "replace")[:room]
         text = text.decode("utf-8", "ignore").encode("utf-8")  # not cut inside a character
         if self.dialect is Dialect.UNIX:
             return m9.Rerror(tag=tag, ename=text, errno=code)
@@ -630,7 +636,7 @@ class Session:
     async def _h_auth(self, req: _Request, m: m9.Tauth) -> Message:
         """No 9P authentication: identity comes from the transport. An error makes clients
         attach with afid NOFID (diod's tools read Rlerror ENOENT that way)."""
-        raise _err(errno.ENOENT, "authentication not required")
+        raise Explained(errno.ENOENT, "authentication not required")
 
     async def _h_attach(self, req: _Request, m: m9.Tattach) -> Message:
         self._new_fid_ok(m.fid)

@@ -50,7 +50,9 @@ class Fid:
     path: str  # a real path under the served root
     mode: int | None = None  # the open mode (OREAD...), None while not open
     rclose: bool = False
-    ino: int = 0  # the file opened ORCLOSE: removed on clunk only if the path still names it
+    # the file opened ORCLOSE, held open (O_PATH) so that its inode number cannot be reused:
+    # the clunk removes the path only if it still names that file, not a newcomer
+    keep: int | None = None
     dirbuf: bytes = b""  # a directory's entries, packed once at the first read
     dirpos: int = 0  # the offset the next directory read must start at (read(5))
 
@@ -203,7 +205,9 @@ class _Session:
                 os.close(os.open(f.path, os.O_WRONLY | os.O_TRUNC))
         # ORCLOSE needs write permission in the parent (open(5)); the root's parent is the
         # root itself (walk(5)), and we act as root: allowed, and the clunk's remove fails.
-        f.mode, f.rclose, f.ino = m.mode, bool(m.mode & m9.ORCLOSE), s.st_ino
+        f.mode, f.rclose = m.mode, bool(m.mode & m9.ORCLOSE)
+        if f.rclose:
+            f.keep = os.open(f.path, os.O_PATH | os.O_NOFOLLOW)
         return m9.Ropen(tag=m.tag, qid=self._qid(self._lstat(f.path)), iounit=0)
 
     def _h_create(self, m: m9.Tcreate) -> Message:
@@ -228,7 +232,8 @@ class _Session:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.chmod(path, perm)
         f.path, f.mode, f.rclose = path, m.mode, bool(m.mode & m9.ORCLOSE)
-        f.ino = os.lstat(path).st_ino
+        if f.rclose:
+            f.keep = os.open(path, os.O_PATH | os.O_NOFOLLOW)
         f.dirbuf, f.dirpos = b"", 0
         return m9.Rcreate(tag=m.tag, qid=self._qid(self._lstat(path)), iounit=0)
 
@@ -276,10 +281,15 @@ class _Session:
 
     def _clunk(self, n: int) -> None:
         f = self.fids.pop(n)
-        if f.rclose and f.path != self.root:  # the root is never removed (as Tremove)
-            with contextlib.suppress(OSError):
-                if os.lstat(f.path).st_ino == f.ino:  # the fid's file, not a newcomer's
-                    self._unlink(f.path)
+        try:
+            if f.rclose and f.path != self.root:  # the root is never removed (as Tremove)
+                with contextlib.suppress(OSError):
+                    if f.keep is not None and os.path.samestat(os.fstat(f.keep),
+                                                               os.lstat(f.path)):
+                        self._unlink(f.path)
+        finally:
+            if f.keep is not None:
+                os.close(f.keep)
 
     def _unlink(self, path: str) -> None:
         if st.S_ISDIR(os.lstat(path).st_mode):
@@ -295,6 +305,8 @@ class _Session:
     def _h_remove(self, m: m9.Tremove) -> Message:
         f = self._fid(m.fid)
         del self.fids[m.fid]  # remove(5): the fid is clunked even when the remove fails
+        if f.keep is not None:
+            os.close(f.keep)
         if f.path == self.root:
             raise _errno(errno.EBUSY, "remove of the root")
         self._unlink(f.path)

@@ -5,8 +5,9 @@ p9fs runs in a thread (it uses blocking sockets) while the server runs on the te
 loop. What is checked is what p9fs gets right: listings, file types and sizes, contents
 written and read back, copy-and-delete moves, mkdir and removal. Three p9fs quirks shape the
 test: in 9P2000.L it converts Linux modes as if they were Plan 9 modes (so its 'mode' is not
-checked); in 9P2000 and .u it knows a missing file only by the text "file not found" (so
-``exists`` is not used: listings show what is there); and without an aname its .L rmdir
+checked); in 9P2000 and .u it knows a missing file only by the text "file not found" (which
+grid sends for ENOENT: tests/spawn/test_ninep_errtext.py; listings are used here); and
+without an aname its .L rmdir
 sends Tunlinkat without AT_REMOVEDIR, which a correct server refuses (EISDIR), while with an
 aname it removes by Tremove, as it does for diod. p9fs has no rename: its ``mv`` copies and
 deletes.

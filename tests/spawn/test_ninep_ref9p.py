@@ -11,7 +11,7 @@ test tree is removed first (9P2000 has none; grid's 9P2000 view of one is docume
 Fids whose file another fid removed are only clunked (the reference's fids name paths,
 grid's follow inodes). Both sides act as root so that permissions stay out of it.
 
-``GRID_9P_REF_STEPS`` (default 10000, about 3 s) sets the length, ``GRID_9P_REF_SEED`` the sequence.
+``GRID_9P_REF_STEPS`` (default 10000, about 5 s on a loaded machine) sets the length, ``GRID_9P_REF_SEED`` the sequence.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ class Difference(AssertionError):
     pass
 
 
+def _short(x: object) -> str:
+    r = repr(x)
+    return r if len(r) <= 240 else f"{r[:240]}... ({len(r)} characters)"
+
+
 def _err(r: Message) -> int | None:
     """None for a success, else the errno its text names (0 when none)."""
     if isinstance(r, m9.Rerror):
@@ -70,7 +75,9 @@ class Harness:
         self.rng = random.Random(seed)
         self.paths: dict[int, tuple[bytes, ...] | None] = {ROOT: ()}  # None: stale
         self.isdir: dict[int, bool] = {}  # open fids: is it a directory
-        self.rclose: set[int] = set()  # fids opened ORCLOSE
+        # fids opened ORCLOSE, with the reference's path for each (it follows wstat renames,
+        # also while the fid is stale here; None: not known)
+        self.rclose: dict[int, tuple[bytes, ...] | None] = {}
         self.log: list[str] = []
         self.counts: dict[str, int] = {}
         self.outcomes: dict[str, int] = {}  # per request type, successes and errors
@@ -78,7 +85,7 @@ class Harness:
     async def both(self, msg: Message, lenient: bool = False) -> tuple[Message, Message]:
         a = await self.ref.rpc(msg)
         b = await self.grid.rpc(msg)
-        self.log.append(f"{msg!r}\n    ref:  {a!r}\n    grid: {b!r}")
+        self.log.append(f"{_short(msg)}\n    ref:  {_short(a)}\n    grid: {_short(b)}")
         ea, eb = _err(a), _err(b)
         key = type(msg).__name__[1:] + (" ok" if ea is None else " err")
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
@@ -119,9 +126,11 @@ class Harness:
         if fid != ROOT:
             self.paths.pop(fid, None)
             self.isdir.pop(fid, None)
-            self.rclose.discard(fid)
+            self.rclose.pop(fid, None)
 
     def _gone(self, path: tuple[bytes, ...]) -> None:
+        if not path:  # the root is never removed (an ORCLOSE clone of it removes nothing)
+            return
         for f, p in self.paths.items():
             if p is not None and p[:len(path)] == path:
                 self.paths[f] = None
@@ -137,6 +146,10 @@ class Harness:
             # keep fids to play with: clunk a stale one, or any when none is free
             await self.clunk(tag, rng.choice(stale or FIDS))
             return
+        if not any(f != ROOT and q is not None for f, q in self.paths.items()) and op != "flush":
+            op = "walk"  # no fid to act on: make one (else most steps are "unknown fid")
+        elif len(self.existing()) < 12 and rng.random() < 0.3:
+            op = "create"  # removes outrun creates: keep the tree populated
         if op == "walk":
             fid = self.fid(root=True)
             free = [f for f in FIDS if f not in self.paths]
@@ -172,9 +185,15 @@ class Harness:
                     self.fail("open qid")
                 self.isdir[fid] = bool(a.qid.type & m9.QTDIR)
                 if mode & m9.ORCLOSE:
-                    self.rclose.add(fid)
+                    self.rclose[fid] = self.paths.get(fid)
         elif op == "create":
             fid = self.fid()
+            p = self.paths.get(fid)
+            if (p is None or fid in self.isdir or not os.path.isdir(self.real(p))) \
+                    and rng.random() < 0.7:
+                # mostly in a directory, so that creates succeed often enough to matter
+                fid = await self.walk_to_dir(tag) or fid
+                tag = self.ref.tag()
             name = rng.choice(NEW)
             perm = rng.choice(PERMS)
             mode = rng.choice([m9.OREAD, m9.ORDWR, m9.OWRITE, m9.OREAD | m9.ORCLOSE])
@@ -186,7 +205,7 @@ class Harness:
                 self.paths[fid] = None if p is None else (*p, name)
                 self.isdir[fid] = bool(perm & m9.DMDIR)
                 if mode & m9.ORCLOSE:
-                    self.rclose.add(fid)
+                    self.rclose[fid] = self.paths[fid]
         elif op == "read":
             fid = self.fid()
             if self.isdir.get(fid):
@@ -223,10 +242,11 @@ class Harness:
                 elif k == "mtime":
                     fields["mtime"] = 1_000_000_000
             p = self.paths.get(fid)
-            if p and any(f != fid and q is not None and q[:len(p)] == p and f in self.rclose
-                         for f, q in self.paths.items()):
-                # an ORCLOSE fid at the old name: grid's would remove nothing (its name is
-                # stale), the reference's the renamed file; not compared
+            if p and any(f != fid and (q is None or q[:len(p)] == p)
+                         for f, q in self.rclose.items()):
+                # an ORCLOSE fid at or below the old name (stale here or not): grid's would
+                # remove nothing (its name is stale), the reference's the renamed file; not
+                # compared
                 fields.pop("name", None)
             a, b = await self.both(m9.Twstat(tag=tag, fid=fid, stat=blank_stat(**fields)))
             if isinstance(a, m9.Rwstat) and "name" in fields and p:
@@ -237,6 +257,8 @@ class Harness:
                     self._gone(new)
                     self._gone(p)
                     self.paths[fid] = new
+                    if fid in self.rclose:
+                        self.rclose[fid] = new
         elif op == "remove":
             fid = self.fid()
             p = self.paths.get(fid)
@@ -249,16 +271,43 @@ class Harness:
         elif op == "flush":
             await self.both(m9.Tflush(tag=tag, oldtag=rng.choice([0, 7, tag ^ 1])))
 
+    def real(self, path: tuple[bytes, ...]) -> str:
+        """*path* in the reference's directory."""
+        return os.path.join(os.fsencode(self.tree), *path).decode(errors="surrogateescape")
+
+    async def walk_to_dir(self, tag: int) -> int | None:
+        """Walk a free fid from the root to a directory of the tree (a compared step);
+        the fid, or None when none is free."""
+        free = [f for f in FIDS if f not in self.paths]
+        dirs = [p for p in self.existing() if os.path.isdir(self.real(p))]
+        if not free:
+            return None
+        newfid, names = self.rng.choice(free), self.rng.choice(dirs)
+        a, _ = await self.both(m9.Twalk(tag=tag, fid=ROOT, newfid=newfid, wnames=names))
+        if isinstance(a, m9.Rwalk) and len(a.wqids) == len(names):
+            self.paths[newfid] = names
+            return newfid
+        return None
+
     async def clunk(self, tag: int, fid: int) -> None:
-        p = self.paths.get(fid)
         rclose = fid in self.rclose
+        # an ORCLOSE fid removes the reference's path for it (which followed renames while
+        # the fid may be stale here)
+        p = self.rclose.get(fid) if rclose else self.paths.get(fid)
         # grid reports a failed ORCLOSE removal in Rerror (the fid is clunked all the same);
         # clunk(5) has no error there: docs/9p.md, intended differences.
-        a, _ = await self.both(m9.Tclunk(tag=tag, fid=fid), lenient=rclose)
+        there = bool(p) and os.path.lexists(self.real(p))  # type: ignore[arg-type]
+        a, b = await self.both(m9.Tclunk(tag=tag, fid=fid), lenient=rclose)
+        if rclose and there and isinstance(b, m9.Rerror) and not os.path.lexists(self.real(p)):  # type: ignore[arg-type]
+            self.fail("an ORCLOSE clunk removed the file on the reference only")
         if isinstance(a, m9.Rclunk):
             self._drop(fid)
             if rclose and p is not None:
                 self._gone(p)
+            elif rclose:  # removed somewhere not known here: no other fid is trusted
+                for f in self.paths:
+                    if f != ROOT:
+                        self.paths[f] = None
 
     async def compare_listing(self, fid: int) -> None:
         out = []
