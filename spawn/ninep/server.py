@@ -87,6 +87,10 @@ from spawn.vfslink import EngineLink
 log = logging.getLogger(__name__)
 
 MSIZE = (1 << 20) + IOHDRSZ  # what we offer: 1 MiB of data per Tread/Twrite
+#: How much a connection's StreamReader buffers before it stops reading the socket (asyncio
+#: stops at twice this): a whole frame of our msize, so that a 1 MiB Twrite arrives in a few
+#: reads, not in 64 KiB ones with the socket paused and resumed between them.
+STREAM_LIMIT = MSIZE
 MIN_MSIZE = 512  # the least a server may be configured with (a walk of 16 names fits)
 #: The least msize a client may ask for, as diod accepts small ones: every reply is cut to
 #: fit (error texts shortened; a directory read whose count cannot hold one entry is EINVAL).
@@ -334,7 +338,7 @@ class Session:
         self.log.debug("9P connection %d from %s", self.id, self.peer)
         try:
             while not self._closing:
-                data = await self._reader.read(1 << 18)
+                data = await self._reader.read(STREAM_LIMIT)
                 if not data:
                     break
                 self._buf.receive_data(data)
@@ -1519,7 +1523,8 @@ async def serve_unix(path: str | os.PathLike[str], resolver_for: ResolverFactory
     """Listen on a Unix socket at *path*; each peer's uid/gid/pid (SO_PEERCRED) goes to
     *resolver_for*. Returns once listening; ``await listener.close()`` stops it."""
     lst = Listener(resolver_for, limits)
-    lst.server = await asyncio.start_unix_server(lst._handle, path=os.fspath(path))
+    lst.server = await asyncio.start_unix_server(lst._handle, path=os.fspath(path),
+                                                 limit=STREAM_LIMIT)
     return lst
 
 
@@ -1529,5 +1534,6 @@ async def serve_tcp(host: str, port: int, resolver_for: ResolverFactory, *,
     carries no identity, so the resolver must grant by other means). ``port`` 0 picks one:
     read it from ``listener.server.sockets``."""
     lst = Listener(resolver_for, limits)
-    lst.server = await asyncio.start_server(lst._handle, host=host, port=port)
+    lst.server = await asyncio.start_server(lst._handle, host=host, port=port,
+                                            limit=STREAM_LIMIT)
     return lst
