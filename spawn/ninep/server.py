@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import functools
 import itertools
@@ -415,15 +416,18 @@ class Session:
         and a Tflush or reset finds it there as before. Nothing else runs meanwhile, so the
         order in which requests start is still their arrival order."""
         coro = self._run(req)
+        # In a context of its own, as a task would have, and the same one when it goes on
+        # in a task: a context variable set before the wait is reset after it.
+        ctx = contextvars.copy_context()
         try:
-            waiting = coro.send(None)
+            waiting = ctx.run(coro.send, None)
         except StopIteration:
             self._finished(req, None)
             return
         except BaseException as e:  # _run answers every error itself: a bug
             self._finished(req, e)
             return
-        req.task = asyncio.get_running_loop().create_task(_resume(coro, waiting))
+        req.task = asyncio.get_running_loop().create_task(_resume(coro, waiting), context=ctx)
         req.task.add_done_callback(functools.partial(self._finished, req))
 
     def _bad_frame(self, e: RemoteProtocolError) -> None:
