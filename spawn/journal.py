@@ -8,7 +8,7 @@ leave the database corrupt, not merely behind.
 
 So operations accumulate in one LMDB write transaction, which is committed (with its flush)
 now and then: a *checkpoint*. Every operation, before it returns, appends its writes to this
-journal with a plain ``write(2)``: once in the kernel's page cache it survives a SIGKILL of
+journal with a plain ``writev(2)`` (no flush): once in the kernel's page cache it survives a SIGKILL of
 the process, and a background thread flushes the journal to disk every
 ``FLUSH_INTERVAL`` seconds (and ``fsync`` flushes it at once), so a machine crash loses at
 most the last second or so of un-fsync'd operations. On open, the records after the last
