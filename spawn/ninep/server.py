@@ -2,7 +2,8 @@
 
 One :class:`Session` serves one connection (a Unix socket, a TLS stream, a test's pipe): it
 splits the stream into frames (``spawn.ninep.codec.FrameBuffer``), decodes each in the
-dialect Tversion chose, runs each request in a task of its own, and writes the replies.
+dialect Tversion chose, runs each request (where it arrives as far as it goes without waiting,
+then in a task of its own), and writes the replies.
 Everything a file *is* comes from the engine through an :class:`~spawn.vfslink.EngineLink`;
 this module only translates, so that FUSE, 9P and SFTP share every fix (docs/9p.md,
 "Server").
@@ -17,7 +18,8 @@ error (Rlerror ENOENT in .L) so that clients go on to attach, as diod's tools ex
 
 Concurrency, in short (details at each piece):
 
-* requests are pipelined: each runs as a task and is answered when done, out of order;
+* requests are pipelined: each is answered when done, out of order (one that needs no wait
+  is answered inline, in arrival order; replies of one chunk of the stream go out together);
   per-fid turns (``spawn.ninep.fids.Turns``) keep the orders that matter;
 * Tflush follows flush(5): it is always answered with Rflush, after the flushed request's
   reply if that request could not be stopped, never before it; a request stops only at a
