@@ -19,7 +19,9 @@ directory (its Unix socket too, so the transports match). The clients are the sa
   cache, grid to its overlay and journal).
 
 Each figure is the best of --runs, and the ratios grid/diod are what DESIGN.md's targets
-speak of (large reads >= 0.8, getattr >= 0.5, writes >= 0.5). Needs root (diod runs as root, -n: no auth)
+speak of (large reads >= 0.8, getattr >= 0.5, writes >= 0.5). Beside them, each server's CPU
+time (user + system, all threads, from /proc) per MiB read or written and per getattr, summed
+over the runs: on a loaded machine the rates move with the load, the CPU time much less. Needs root (diod runs as root, -n: no auth)
 and the Debian diod package. The machine is noisy: compare ratios, not absolute figures.
 """
 
