@@ -19,7 +19,9 @@ directory (its Unix socket too, so the transports match). The clients are the sa
   cache, grid to its overlay and journal).
 
 Each figure is the best of --runs, and the ratios grid/diod are what DESIGN.md's targets
-speak of (large reads >= 0.8, getattr >= 0.5, writes >= 0.5). Needs root (diod runs as root, -n: no auth)
+speak of (large reads >= 0.8, getattr >= 0.5, writes >= 0.5). Beside them, each server's CPU
+time (user + system, all threads, from /proc) per MiB read or written and per getattr, summed
+over the runs: on a loaded machine the rates move with the load, the CPU time much less. Needs root (diod runs as root, -n: no auth)
 and the Debian diod package. The machine is noisy: compare ratios, not absolute figures.
 """
 
@@ -152,6 +154,12 @@ def load(server: str, seconds: int, msize: int, getattr: bool) -> tuple[int, int
     return int(words[1]), int(words[3]), int(words[5])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=256, help="size of the file read (MiB)")
@@ -191,20 +199,34 @@ def main() -> None:
         servers = {"grid": (str(home / "run" / "9p.sock"), sid), "diod": (str(dsock), str(data))}
         results: dict[str, dict[str, float]] = {k: {} for k in servers}
         rows = set(args.only.split(",")) if args.only else {"read", "getattr", "rw", "write"}
+        pids = {"grid": daemon.pid, "diod": diod.pid}
+        # The servers' CPU time per unit of work, summed over the runs: less at the mercy of
+        # other load on the machine than the rates (a waiting server spends none).
+        cpu: dict[str, dict[str, float]] = {k: {} for k in servers}
         for who, (sock, aname) in servers.items():
+            c0 = cpu_seconds(pids[who])
             if "read" in rows:
                 reads = [cat_mbs(sock, aname, "big", size, args.msize) for _ in range(args.runs)]
                 results[who]["read cold MB/s"] = reads[0]
                 results[who]["read warm MB/s"] = max(reads[1:] or reads)
+                c1 = cpu_seconds(pids[who])
+                cpu[who]["read, µs/MiB"] = (c1 - c0) * 1e6 / (args.mib * args.runs)
+                c0 = c1
             if "getattr" in rows:
                 g = [load(sock, args.seconds, args.msize, True)[0] for _ in range(args.runs)]
                 results[who]["getattr ops/s"] = max(g)
+                c1 = cpu_seconds(pids[who])
+                cpu[who]["getattr, µs/op"] = (c1 - c0) * 1e6 / (sum(g) * args.seconds)
+                c0 = c1
             if "rw" in rows:
                 rw = [load(sock, args.seconds, args.msize, False) for _ in range(args.runs)]
                 results[who]["zero->null MB/s"] = max(r[1] for r in rw)
+                c0 = cpu_seconds(pids[who])
             if "write" in rows:
                 w = [write_mbs(sock, aname, size, args.wmsize, args.depth) for _ in range(args.runs)]
                 results[who]["write MB/s"] = max(w)
+                c1 = cpu_seconds(pids[who])  # (includes each run's removal of the file)
+                cpu[who]["write, µs/MiB"] = (c1 - c0) * 1e6 / (args.mib * args.runs)
         print(f"9P: grid (spawn over its Unix socket) vs diod (directory, Unix socket); "
               f"{args.mib} MiB file, msize {args.msize} (writes: {args.wmsize}, {args.depth} in "
               f"flight), best of {args.runs}; load average {os.getloadavg()[0]:.2f}")
@@ -213,6 +235,10 @@ def main() -> None:
             gv, dv = results["grid"][key], results["diod"][key]
             ratio = gv / dv if dv else float("nan")
             print(f"{key:20} {gv:10.0f} {dv:10.0f} {ratio:10.2f}")
+        print("server CPU time (user + system, all threads), summed over the runs:")
+        for key in cpu["grid"]:
+            gv, dv = cpu["grid"][key], cpu["diod"][key]
+            print(f"{key:20} {gv:10.1f} {dv:10.1f} {gv / dv if dv else float('nan'):10.2f}")
     finally:
         for p in (diod, daemon):
             if p is not None and p.poll() is None:

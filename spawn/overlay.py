@@ -52,7 +52,15 @@ _DENT = struct.Struct(">QB")
 
 META_JSEQ = b"jseq"  # the last journal record a checkpoint includes
 CHECKPOINT_SECONDS = 5.0  # commit the owner's transaction at least this often (when busy)
-CHECKPOINT_BYTES = 32 << 20  # ... or when the journal holds this much
+#: ... or when the journal holds this much. Sized by what LMDB holds in memory, not by the
+#: journal: an LMDB write transaction keeps up to 2**17 - 1 dirty pages (MDB_IDL_UM_MAX,
+#: 512 MiB of 4 KiB pages) before it starts spilling them to the file, and the journal's
+#: bytes are about the transaction's dirty data bytes (every put's value, once); a quarter
+#: of that room is left for B-tree pages. A burst of writes up to this size is absorbed at
+#: the journal's speed (one writev(2) each, flushed by a background thread), and its commit
+#: comes later (idle, timer); fewer, larger commits also cost less per byte than many small
+#: ones (docs/benchmarks.md, "9P: requests served where they arrive").
+CHECKPOINT_BYTES = 384 << 20
 
 FLAG_DELETED = 1  # the inode is gone (no names, not open)
 FLAG_ORPHAN = 2  # no names left but still open: data kept until the last release

@@ -74,6 +74,9 @@ _META_LOGICAL = b"logical_bytes"
 _META_DOOMED = b"doomed"  # segment starts (u64 each) prune has emptied and is removing
 _COMPLETE = "COMPLETE"  # in index.new: the rebuilt index is whole and may be swapped in
 _MDB_MAGIC = 0xBEEFC0DE
+#: Decoded file leaves a serving process keeps in memory (``open(leaf_cache_bytes=)``; off
+#: by default, so that tools and ``check`` read every block from disk).
+LEAF_CACHE_BYTES = 32 << 20
 _UNLINKED_EVERY = 2.0  # seconds between looks for segment files deleted under a running store
 
 
@@ -100,6 +103,7 @@ class LocalStore(BlockStore):
         cache_bytes: int,
         compress_level: int,
         rebuild: bool = False,
+        leaf_cache_bytes: int = 0,
     ) -> None:
         self.path = path
         self.readonly = readonly
@@ -117,6 +121,11 @@ class LocalStore(BlockStore):
         self._gone_logged: set[tuple[int, bool]] = set()  # missing segments already logged
         self._unlinked_checked = time.monotonic()
         self._cache = BlockCache(cache_bytes)
+        # DATA blocks (file leaves) in an LRU of their own, so that a stream of file reads
+        # cannot push the interior blocks out of the one above. A hit skips pread, BLAKE3
+        # and zstd; a score names immutable content, so nothing is ever invalidated (only
+        # dropped with the other cache when blocks are deleted or the index is rebuilt).
+        self._leaves = BlockCache(leaf_cache_bytes)
         self._puts = self._dups = self._gets = 0
         self._blocks = self._stored = self._logical = 0
         self._starts: list[int] = []
@@ -210,6 +219,7 @@ class LocalStore(BlockStore):
         cache_bytes: int = 16 << 20,
         compress_level: int = 3,
         rebuild: bool = False,
+        leaf_cache_bytes: int = 0,
     ) -> LocalStore:
         """Open the store at *path*. With *rebuild* (writer only), first recreate the index
         from the log beside the old one and swap it in (see ``rebuild_index``); the old
@@ -233,6 +243,7 @@ class LocalStore(BlockStore):
             cache_bytes=cache_bytes,
             compress_level=compress_level,
             rebuild=rebuild,
+            leaf_cache_bytes=leaf_cache_bytes,
         )
 
     def _take_lock(self) -> None:
@@ -485,6 +496,8 @@ class LocalStore(BlockStore):
         score = bytes(score)
         self._gets += 1
         blk = self._cache.get(score)
+        if blk is None:
+            blk = self._leaves.get(score)
         if blk is not None:
             return blk
         loc = self._locate(score)
@@ -519,8 +532,7 @@ class LocalStore(BlockStore):
         if score_of(hdr.type, data) != score:
             raise CorruptBlock(score, str(where))
         blk = Block(BlockType(hdr.type), data)
-        if hdr.type != BlockType.DATA:
-            self._cache.put(score, blk)
+        (self._cache if hdr.type != BlockType.DATA else self._leaves).put(score, blk)
         return blk
 
     # -- writing ----------------------------------------------------------------------------
@@ -767,6 +779,7 @@ class LocalStore(BlockStore):
             txn.put(_META_LOGICAL, _u64(counters[2]), db=self._meta)
             txn.put(_META_DOOMED, b"".join(_u64(x) for x in sorted(doomed)), db=self._meta)
         self._cache = BlockCache(self._cache.max_bytes)
+        self._leaves = BlockCache(self._leaves.max_bytes)
         freed = sum(os.path.getsize(self._seg_path(x)) for x in doomed if self._seg_path(x).exists())
         self._finish_drop()
         return dropped, freed
@@ -916,6 +929,7 @@ class LocalStore(BlockStore):
             with self._wlock:
                 self._pending.clear()
                 self._cache = BlockCache(self._cache.max_bytes)
+                self._leaves = BlockCache(self._leaves.max_bytes)
             self._load_meta()
         self.last_rebuild = rep
         return rep
@@ -1038,7 +1052,7 @@ class LocalStore(BlockStore):
             puts=self._puts,
             dup_puts=self._dups,
             gets=self._gets,
-            cache_hits=self._cache.hits,
+            cache_hits=self._cache.hits + self._leaves.hits,
             position=self.position(),
         )
 

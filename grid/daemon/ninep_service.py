@@ -40,7 +40,7 @@ from grid.daemon.sharedlink import SharedLink
 from spawn.cred import Cred
 from spawn.ninep.locks import LockTable
 from spawn.ninep.messages import NONUNAME
-from spawn.ninep.server import Attachment, Peer, Resolver, Session
+from spawn.ninep.server import STREAM_LIMIT, Attachment, Peer, Resolver, Session
 from spawn.spawner import SpawnError
 
 log = logging.getLogger("grid.daemon.9p")
@@ -118,7 +118,8 @@ class NinepService:
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sock_path)  # the daemon holds the store lock: no other owner
-        srv = await asyncio.start_unix_server(self._on_unix, path=os.fspath(self.sock_path))
+        srv = await asyncio.start_unix_server(self._on_unix, path=os.fspath(self.sock_path),
+                                             limit=STREAM_LIMIT)
         os.chmod(self.sock_path, 0o666)
         self._servers.append(srv)
         listen = self.daemon.settings.listen_9p
@@ -126,7 +127,8 @@ class NinepService:
             host, port = parse_hostport(listen)
             ctx = self._tls_context()
             tcp = await asyncio.start_server(self._on_tls, host=host, port=port, ssl=ctx,
-                                             ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                                             ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                                             limit=STREAM_LIMIT)
             self._servers.append(tcp)
             self.tcp_address = tcp.sockets[0].getsockname()[:2]
             log.info("9P over TLS on %s:%d", *self.tcp_address)

@@ -138,7 +138,7 @@ class Daemon:
 
     async def start(self) -> None:
         from store.errors import StoreLocked
-        from store.local import LocalStore
+        from store.local import LEAF_CACHE_BYTES, LocalStore
         from store.server import BlockServer
 
         self.home.run.mkdir(mode=0o711, exist_ok=True)
@@ -146,7 +146,7 @@ class Daemon:
         if _listening(self.sock_path):
             raise UserError("grid serve", f"a node daemon is already running for {self.home.root}")
         try:
-            self.store = LocalStore.open(self.home.store)
+            self.store = LocalStore.open(self.home.store, leaf_cache_bytes=LEAF_CACHE_BYTES)
         except StoreLocked as e:
             raise UserError("grid serve", f"{e} (is a node daemon already running?)") from None
         opts = {}

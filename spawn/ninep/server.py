@@ -2,7 +2,8 @@
 
 One :class:`Session` serves one connection (a Unix socket, a TLS stream, a test's pipe): it
 splits the stream into frames (``spawn.ninep.codec.FrameBuffer``), decodes each in the
-dialect Tversion chose, runs each request in a task of its own, and writes the replies.
+dialect Tversion chose, runs each request (where it arrives as far as it goes without waiting,
+then in a task of its own), and writes the replies.
 Everything a file *is* comes from the engine through an :class:`~spawn.vfslink.EngineLink`;
 this module only translates, so that FUSE, 9P and SFTP share every fix (docs/9p.md,
 "Server").
@@ -17,7 +18,8 @@ error (Rlerror ENOENT in .L) so that clients go on to attach, as diod's tools ex
 
 Concurrency, in short (details at each piece):
 
-* requests are pipelined: each runs as a task and is answered when done, out of order;
+* requests are pipelined: each is answered when done, out of order (one that needs no wait
+  is answered inline, in arrival order; replies of one chunk of the stream go out together);
   per-fid turns (``spawn.ninep.fids.Turns``) keep the orders that matter;
 * Tflush follows flush(5): it is always answered with Rflush, after the flushed request's
   reply if that request could not be stopped, never before it; a request stops only at a
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import functools
 import itertools
@@ -52,7 +55,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +92,10 @@ from spawn.vfslink import EngineLink
 log = logging.getLogger(__name__)
 
 MSIZE = (1 << 20) + IOHDRSZ  # what we offer: 1 MiB of data per Tread/Twrite
+#: How much a connection's StreamReader buffers before it stops reading the socket (asyncio
+#: stops at twice this): a whole frame of our msize, so that a 1 MiB Twrite arrives in a few
+#: reads, not in 64 KiB ones with the socket paused and resumed between them.
+STREAM_LIMIT = MSIZE
 MIN_MSIZE = 512  # the least a server may be configured with (a walk of 16 names fits)
 #: The least msize a client may ask for, as diod accepts small ones: every reply is cut to
 #: fit (error texts shortened; a directory read whose count cannot hold one entry is EINVAL).
@@ -241,6 +248,42 @@ async def _settled(fut: asyncio.Future[Any]) -> None:
         await asyncio.wait((fut,))
 
 
+class _Resumed:
+    """The rest of a coroutine that ``Session._start`` began outside a task and that stopped
+    at *waiting* (what it yielded: a future, or None): awaited in a task, it hands the task
+    what the coroutine yields and the coroutine what the task sends or throws, as if the
+    coroutine had run in that task from the start."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, value = self.coro, self.waiting
+        while True:
+            try:
+                yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # a cancellation, passed on to the coroutine
+                try:
+                    value = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], waiting: Any) -> Any:
+    return await _Resumed(coro, waiting)
+
+
 _session_ids = itertools.count(1)
 
 
@@ -277,6 +320,7 @@ class Session:
         self._received = 0
         self._malformed = 0
         self._closing = False
+        self._batch: list[bytes] | None = None  # replies held for one write (see run)
         self.log = logging.LoggerAdapter(log, {"conn": self.id})
 
     # -- the connection ------------------------------------------------------------------
@@ -298,12 +342,17 @@ class Session:
         self.log.debug("9P connection %d from %s", self.id, self.peer)
         try:
             while not self._closing:
-                data = await self._reader.read(1 << 18)
+                data = await self._reader.read(STREAM_LIMIT)
                 if not data:
                     break
                 self._buf.receive_data(data)
-                while not self._closing and (frame := self._buf.next_frame()) is not None:
-                    await self._receive(frame)
+                self._batch = []  # replies of this chunk's requests go out in one write
+                try:
+                    while not self._closing and (frame := self._buf.next_frame()) is not None:
+                        await self._receive(frame)
+                finally:
+                    self._send_batch()
+                    self._batch = None
         except RemoteProtocolError as e:
             self.log.warning("9P connection %d closed: %s", self.id, e)
         except _CloseConnection as e:
@@ -351,12 +400,37 @@ class Session:
         if self.dialect is None:
             self._write(self._error_msg(msg.tag, _err(errno.EPROTO, "version not negotiated")))
             return
-        await self._slots.acquire()
+        if self._slots.locked():
+            async with self._unbatched():  # replies go out while we wait
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         req = _Request(msg, done)
         req.turns = [self._turns.take(f, x) for f, x in fid_fields(msg)]
         self._requests[msg.tag] = req
-        req.task = asyncio.create_task(self._run(req))
+        self._start(req)
+
+    def _start(self, req: _Request) -> None:
+        """Run the request's handler at once, here, as far as it goes without waiting: most
+        requests (a getattr, a read of a clean spawn, anything on ctl) finish right here and
+        cost no task (docs/9p.md, "Requests in flight"). One that has to wait (for its turn,
+        the spawn's host thread, a lock) goes on in a task of its own from where it stopped,
+        and a Tflush or reset finds it there as before. Nothing else runs meanwhile, so the
+        order in which requests start is still their arrival order."""
+        coro = self._run(req)
+        # In a context of its own, as a task would have, and the same one when it goes on
+        # in a task: a context variable set before the wait is reset after it.
+        ctx = contextvars.copy_context()
+        try:
+            waiting = ctx.run(coro.send, None)
+        except StopIteration:
+            self._finished(req, None)
+            return
+        except BaseException as e:  # _run answers every error itself: a bug
+            self._finished(req, e)
+            return
+        req.task = asyncio.get_running_loop().create_task(_resume(coro, waiting), context=ctx)
         req.task.add_done_callback(functools.partial(self._finished, req))
 
     def _bad_frame(self, e: RemoteProtocolError) -> None:
@@ -376,7 +450,8 @@ class Session:
 
     async def _version(self, m: m9.Tversion) -> None:
         """version(5): abort everything, clunk every fid, then agree on msize and dialect."""
-        await self._reset()
+        async with self._unbatched():
+            await self._reset()
         dialect = negotiate(m.version)
         msize = min(m.msize, self.limits.msize)
         if dialect is None or msize < VERSION_MIN:
@@ -417,8 +492,31 @@ class Session:
         except LocalProtocolError as e:  # a bug here; the client still gets an answer
             self.log.error("9P reply %r cannot be sent: %s", type(msg).__name__, e)
             frame = encode(self._error_msg(msg.tag, _err(errno.EIO)), dialect)
-        if not self._writer.is_closing():
+        if self._batch is not None:
+            self._batch.append(frame)
+        elif not self._writer.is_closing():
             self._writer.write(frame)
+
+    @contextlib.asynccontextmanager
+    async def _unbatched(self) -> AsyncIterator[None]:
+        """While the read loop waits (for a request slot, a reset), replies are written as
+        they come, not held for the end of the chunk."""
+        self._send_batch()
+        held, self._batch = self._batch, None
+        try:
+            yield
+        finally:
+            self._batch = held
+
+    def _send_batch(self) -> None:
+        """Write the replies gathered while a chunk of requests was read, in one write (one
+        system call for many small replies, where a reply each cost one)."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        if not self._writer.is_closing():
+            self._writer.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _error_msg(self, tag: int, e: OSError) -> Message:
         code = e.errno or errno.EIO
@@ -466,15 +564,18 @@ class Session:
         except (ConnectionError, OSError):
             pass  # the read loop sees the end and cleans up
 
-    def _finished(self, req: _Request, task: asyncio.Task[None]) -> None:
-        """A request's task ended, however: free its tag, turns and slot."""
+    def _finished(self, req: _Request, how: asyncio.Task[None] | BaseException | None) -> None:
+        """A request ended, however (*how*: its task, or for one that ended where it started,
+        the exception that escaped it or None): free its tag, turns and slot."""
         if self._requests.get(req.tag) is req:
             del self._requests[req.tag]
         for turn in req.turns:
             self._turns.give_back(turn)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("9P request task failed", exc_info=task.exception())
+        if isinstance(how, asyncio.Task):
+            how = None if how.cancelled() else how.exception()
+        if how is not None:
+            self.log.error("9P request task failed", exc_info=how)
         if not req.done.done():
             req.done.set_result(None)
 
@@ -1434,7 +1535,8 @@ async def serve_unix(path: str | os.PathLike[str], resolver_for: ResolverFactory
     """Listen on a Unix socket at *path*; each peer's uid/gid/pid (SO_PEERCRED) goes to
     *resolver_for*. Returns once listening; ``await listener.close()`` stops it."""
     lst = Listener(resolver_for, limits)
-    lst.server = await asyncio.start_unix_server(lst._handle, path=os.fspath(path))
+    lst.server = await asyncio.start_unix_server(lst._handle, path=os.fspath(path),
+                                                 limit=STREAM_LIMIT)
     return lst
 
 
@@ -1444,5 +1546,6 @@ async def serve_tcp(host: str, port: int, resolver_for: ResolverFactory, *,
     carries no identity, so the resolver must grant by other means). ``port`` 0 picks one:
     read it from ``listener.server.sockets``."""
     lst = Listener(resolver_for, limits)
-    lst.server = await asyncio.start_server(lst._handle, host=host, port=port)
+    lst.server = await asyncio.start_server(lst._handle, host=host, port=port,
+                                            limit=STREAM_LIMIT)
     return lst

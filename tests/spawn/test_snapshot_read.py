@@ -163,3 +163,26 @@ def test_concurrent_writer_never_shows_a_torn_or_stale_completed_write(engine):
         done.set()
         t.join()
     assert not bad
+
+
+def test_one_reader_thread_sees_base_files_change_and_go(engine):
+    """One thread's reader keeps the base archive's inodes decoded: a base file that the
+    spawn then truncates, removes or replaces, and a save that moves the base, must show at
+    once on that same thread (the overlay's record comes first, a new base drops them)."""
+    e = engine
+    ino = e.lookup(SU, 1, b"big").ino
+    want = e.read(SU, ino, 0, 300_000)
+    with ThreadPoolExecutor(1) as one:
+        def snap(*args):
+            return one.submit(e.read_snapshot, SU, *args).result()
+        assert snap(ino, 0, 300_000) == want  # the base inode is now cached on that thread
+        e.setattr(SU, ino, size=1000)
+        e.checkpoint()
+        assert snap(ino, 0, 300_000) == want[:1000]
+        e.write(SU, ino, 1000, b"more")
+        save(e)  # a new base, which has the file at 1,004 bytes
+        e.checkpoint()
+        assert snap(ino, 0, 300_000) == want[:1000] + b"more"
+        e.unlink(SU, 1, b"big")
+        e.checkpoint()
+        assert snap(ino, 0, 10) is None  # gone: the owner answers (ENOENT)

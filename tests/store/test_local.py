@@ -253,3 +253,29 @@ def test_sigkill_writer_loses_no_synced_block(tmp_path):
         report = s.check()
         assert report.ok, report.errors[:5]
         assert report.records >= len(set(acknowledged))
+
+
+def test_leaf_cache_serves_rereads_and_is_off_by_default(tmp_path):
+    """The daemon's store keeps decoded leaves (leaf_cache_bytes): a re-read leaf comes from
+    memory, without reading or hashing it again; interior blocks keep their own cache. Other
+    opens (tools, check) read every leaf from disk."""
+    LocalStore.create(tmp_path / "s")
+    with LocalStore.open(tmp_path / "s") as s:
+        leaves = [s.put(BlockType.DATA, os.urandom(20000)) for _ in range(8)]
+        s.sync()
+    with LocalStore.open(tmp_path / "s", readonly=True) as s:
+        for _ in range(3):
+            assert all(s.get(x).data for x in leaves)
+        assert s.statistics().cache_hits == 0  # off: every get went to the log
+    with LocalStore.open(tmp_path / "s", readonly=True, leaf_cache_bytes=100_000) as s:
+        first = [s.get(x).data for x in leaves]
+        assert s.statistics().cache_hits == 0
+        seg = _segments(tmp_path / "s")[0]
+        fd = os.open(seg, os.O_WRONLY)  # damage the log under the cached leaves
+        try:
+            os.pwrite(fd, b"\0" * 4096, 64)
+        finally:
+            os.close(fd)
+        # the last four leaves fit in 100,000 bytes: they are the ones answered from memory
+        assert [s.get(x).data for x in leaves[4:]] == first[4:]
+        assert s.statistics().cache_hits == 4
