@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -234,29 +235,29 @@ def test_read_ahead_never_returns_overwritten_bytes(env: Env) -> None:
     path = f"/{env.sid}/ra.bin"
     old, new = os.urandom(1 << 20), os.urandom(1 << 20)
 
+    def connect() -> Any:  # asyncssh.connect: awaitable and an async context manager
+        return asyncssh.connect("127.0.0.1", env.port, username=env.alice.name,
+                                known_hosts=None, client_keys=[str(env.key("alice"))])
+
     async def run() -> None:
-        async with asyncssh.connect(
-                "127.0.0.1", env.port, username=env.alice.name, known_hosts=None,
-                client_keys=[str(env.key("alice"))]) as a, asyncssh.connect(
-                "127.0.0.1", env.port, username=env.alice.name, known_hosts=None,
-                client_keys=[str(env.key("alice"))]) as b:
-            async with a.start_sftp_client() as sa, b.start_sftp_client() as sb:
-                async with sb.open(path, "wb") as f:
-                    await f.write(old)
-                await asyncio.sleep(2.5)  # a checkpoint: reads come from committed state
-                async with sa.open(path, "rb") as r:
-                    assert await r.read(32768, 0) == old[:32768]  # fills the read-ahead
-                    assert await r.read(32768, 32768) == old[32768:65536]
-                    async with sb.open(path, "r+b") as w:  # uncommitted change
-                        await w.write(new[65536:200000], 65536)
-                    assert await r.read(32768, 65536) == new[65536:98304]
-                    await asyncio.sleep(2.5)  # committed again, and read ahead again
-                    assert await r.read(32768, 98304) == new[98304:131072]
-                    assert await r.read(32768, 131072) == new[131072:163840]
-                    async with sb.open(path, "r+b") as w:
-                        await w.write(b"z" * 32768, 163840)
-                    await asyncio.sleep(2.5)  # and a checkpoint before the next read
-                    assert await r.read(32768, 163840) == b"z" * 32768
-                    assert await r.read(32768, 196608) == new[196608:200000] + old[200000:229376]
+        async with connect() as a, connect() as b, a.start_sftp_client() as sa, \
+                b.start_sftp_client() as sb:
+            async with sb.open(path, "wb") as f:
+                await f.write(old)
+            await asyncio.sleep(2.5)  # a checkpoint: reads come from committed state
+            async with sa.open(path, "rb") as r:
+                assert await r.read(32768, 0) == old[:32768]  # fills the read-ahead
+                assert await r.read(32768, 32768) == old[32768:65536]
+                async with sb.open(path, "r+b") as w:  # uncommitted change
+                    await w.write(new[65536:200000], 65536)
+                assert await r.read(32768, 65536) == new[65536:98304]
+                await asyncio.sleep(2.5)  # committed again, and read ahead again
+                assert await r.read(32768, 98304) == new[98304:131072]
+                assert await r.read(32768, 131072) == new[131072:163840]
+                async with sb.open(path, "r+b") as w:
+                    await w.write(b"z" * 32768, 163840)
+                await asyncio.sleep(2.5)  # and a checkpoint before the next read
+                assert await r.read(32768, 163840) == b"z" * 32768
+                assert await r.read(32768, 196608) == new[196608:200000] + old[200000:229376]
 
     asyncio.run(run())
