@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -39,9 +38,6 @@ HELLO = b"grid-sftp 1"  # the bridge's one message; its two descriptors ride on 
 #: Replies the session has written and the peer has not yet taken before the next request is
 #: read: a client that sends requests without reading the answers is slowed, not buffered.
 WRITE_HIGH = 4 << 20
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-#: The pipes' capacity: Linux's limit for unprivileged processes (fs.pipe-max-size) by default.
-PIPE_SIZE = 1 << 20
 
 
 class _Channel:
@@ -176,9 +172,6 @@ class SFTPSocketService:
         from grid.daemon.sftp import GridSFTPServer
 
         loop = asyncio.get_running_loop()
-        for fd in fds:  # fewer wake-ups per reply: sshd drains 64 KiB pipes in many rounds
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
         stream = asyncio.StreamReader(limit=1 << 22)
         # the transports own duplicates: fds are closed by the caller whatever happens
         rfile = os.fdopen(os.dup(fds[0]), "rb", buffering=0)
