@@ -261,3 +261,7 @@ def test_read_ahead_never_returns_overwritten_bytes(env: Env) -> None:
                 assert await r.read(32768, 196608) == new[196608:200000] + old[200000:229376]
 
     asyncio.run(run())
+
+
+# last: it stops the mounts fixture's daemon (sessions end, sshfs unmounts itself)
+test_daemon_stops_with_sshfs_mounted = _sshfs.test_daemon_stops_with_sshfs_mounted
