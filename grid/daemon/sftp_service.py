@@ -35,6 +35,7 @@ log = logging.getLogger("grid.daemon.sftp")
 
 SOCKET_NAME = "sftp.sock"
 HELLO = b"grid-sftp 1"  # the bridge's one message; its two descriptors ride on it
+HELLO_TIMEOUT = 10.0  # seconds a connection has to send it
 #: Replies the session has written and the peer has not yet taken before the next request is
 #: read: a client that sends requests without reading the answers is slowed, not buffered.
 WRITE_HIGH = 4 << 20
@@ -194,9 +195,30 @@ class _WriteProtocol(asyncio.streams.FlowControlMixin, asyncio.Protocol):
 
 
 async def _receive_fds(conn: socket.socket) -> list[int]:
-    """The bridge's hello and its two descriptors (stdin, stdout); anything else is refused."""
-    conn.settimeout(10)
-    msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, conn, len(HELLO), 2)
+    """The bridge's hello and its two descriptors (stdin, stdout), within HELLO_TIMEOUT;
+    anything else is refused. Waited for on the event loop, not in a thread: a local user
+    opening connections and sending nothing must not tie up the daemon's thread pool."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+
+    def ready() -> None:
+        if fut.done():
+            return
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(conn, len(HELLO), 2)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            fut.set_exception(e)
+            return
+        fut.set_result((msg, fds))
+
+    conn.setblocking(False)
+    loop.add_reader(conn.fileno(), ready)
+    try:
+        msg, fds = await asyncio.wait_for(fut, HELLO_TIMEOUT)
+    finally:
+        loop.remove_reader(conn.fileno())
     if msg != HELLO or len(fds) != 2:
         for fd in fds:
             os.close(fd)

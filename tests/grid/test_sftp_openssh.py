@@ -224,6 +224,33 @@ def test_socket_refuses_what_is_not_the_bridge(env: Env) -> None:
     assert p.returncode == 0 and "hello" in p.stdout
 
 
+def test_idle_connections_do_not_hold_up_sessions(env: Env) -> None:
+    """Connections that never send the hello wait on the event loop, not in the daemon's
+    threads: with 12 of them open, a real session is served at once, and the daemon's
+    other work (a FUSE mount's attach) goes on."""
+    path = env.node.home / "run" / "sftp.sock"
+    idle = []
+    try:
+        for _ in range(12):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(path))
+            idle.append(s)
+        t0 = time.monotonic()
+        p = env.sftp(env.alice.name, f"ls -1 /{env.sid}\n")
+        assert p.returncode == 0 and "hello" in p.stdout, p.stderr
+        mnt = env.node.base / "idle-mnt"
+        mnt.mkdir(exist_ok=True)
+        env.node.grid("mount", env.sid, str(mnt))
+        try:
+            assert (mnt / "hello").read_text() == "hi\n"
+        finally:
+            env.node.grid("unmount", str(mnt))
+        assert time.monotonic() - t0 < 9  # before the idle ones time out (10 s)
+    finally:
+        for s in idle:
+            s.close()
+
+
 def test_read_ahead_never_returns_overwritten_bytes(env: Env) -> None:
     """A file read in order in 32 KiB requests (as sshfs reads) is fetched from the engine
     512 KiB at a time; a change made by another session between two requests is seen by the
