@@ -54,7 +54,8 @@ test_save_after_sshfs_changes = _sshfs.test_save_after_sshfs_changes
 @contextlib.contextmanager
 def openssh(node: Node, keys: Path, users: dict[str, str]) -> Iterator[int]:
     """sshd on a spare port with grid's bridge as its sftp subsystem; *users* maps a login to
-    the key (in *keys*) it may use. Pins the host key in keys/known_hosts. Yields the port."""
+    the key (in *keys*) it may use (root by key only, if listed). Pins the host key in
+    keys/known_hosts. Yields the port."""
     auth = node.base / "authorized"  # sshd reads these as the user: not under keys/ (0700)
     auth.mkdir(mode=0o755, exist_ok=True)
     for login, key in users.items():
@@ -69,7 +70,8 @@ def openssh(node: Node, keys: Path, users: dict[str, str]) -> Iterator[int]:
     cfg.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'sshd_host'}\n"
         f"PidFile {node.base / 'sshd.pid'}\nAuthorizedKeysFile {auth}/%u\n"
-        "StrictModes no\nPermitRootLogin no\nPasswordAuthentication no\n"
+        "StrictModes no\nPasswordAuthentication no\n"
+        f"PermitRootLogin {'prohibit-password' if 'root' in users else 'no'}\n"
         "KbdInteractiveAuthentication no\n"
         "UsePAM yes\n"  # the test users' passwords are locked ("!"): without PAM sshd refuses them
         f"SetEnv PYTHONPATH={ROOT}\n"
