@@ -72,8 +72,10 @@ class _Reader:
         return await self.stream.readexactly(n)  # IncompleteReadError is an EOFError
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """asyncssh swaps SYMLINK's arguments for clients that follow OpenSSH's server (which
-        takes them reversed): behind sshd every client does, and OpenSSH's clients say so."""
+        """asyncssh swaps SYMLINK's arguments for clients known to send them in OpenSSH's
+        (reversed) order, which it recognises by their SSH version string. Behind sshd the
+        daemon never sees that string, and every client sends OpenSSH's order there (sshd's
+        own sftp-server takes it), so the session says it is talking to OpenSSH."""
         return "OpenSSH" if name == "client_version" else default
 
 
