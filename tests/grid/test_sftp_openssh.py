@@ -101,17 +101,8 @@ def env() -> Iterator[Env]:
     n = new_node()
     try:
         n.init()
-        src = n.base / "src"
-        (src / "docs").mkdir(parents=True)
-        (src / "hello").write_text("hi\n")
-        (src / "docs" / "a.txt").write_bytes(b"a" * 100_000)
-        os.chmod(src / "hello", 0o644)
-        for f in (src, src / "docs", src / "hello", src / "docs" / "a.txt"):
-            os.chown(f, alice.uid, alice.gid)
-        (src / "rootfile").write_text("root's\n")
-        os.chmod(src / "rootfile", 0o644)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")
+        files = {"hello": "hi\n", "docs/a.txt": b"a" * 100_000, "rootfile": "root's\n"}
+        n.import_shared(n.write_tree(files, owner=alice, roots=("rootfile",)), "proj")
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         for who in ("alice", "bob"):
@@ -137,16 +128,8 @@ def mounts() -> Iterator[Mounts]:
     sshfs_dir, fuse_dir = n.base / "sshfs", n.base / "fuse"
     try:
         n.init()
-        src = n.base / "src"
-        (src / "docs").mkdir(parents=True)
-        (src / "hello").write_text("hi\n")
-        (src / "docs" / "big").write_bytes(os.urandom(1 << 20))
-        for f in (src, src / "docs", src / "hello", src / "docs" / "big"):
-            os.chown(f, alice.uid, alice.gid)
-        (src / "docs" / "rootfile").write_text("root's\n")
-        os.chmod(src / "docs" / "rootfile", 0o644)
-        n.grid("import", str(src), "proj")
-        n.grid("name", "chmod", "0644", "proj")
+        files = {"hello": "hi\n", "docs/big": os.urandom(1 << 20), "docs/rootfile": "root's\n"}
+        n.import_shared(n.write_tree(files, owner=alice, roots=("docs/rootfile",)), "proj")
         keys = n.base / "keys"
         keys.mkdir(mode=0o700)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "alice")],
