@@ -3,17 +3,23 @@ mount (`grid mount`) of the same spawn, in one run.
 
     .venv/bin/python bench/ssh.py [--mib 128] [--runs 3]
 
-One grid home, one imported file of --mib MiB of random bytes, one spawn of it, mounted twice:
-by `grid mount` (FUSE, through the daemon) and by `sshfs` (SFTP over SSH to `grid serve
---ssh`, an ed25519 key listed in ndb for root). Each figure is the best of --runs:
+One grid home, one imported file of --mib MiB of random bytes, one spawn of it, mounted three
+times: by `grid mount` (FUSE, through the daemon), by `sshfs` to `grid serve --ssh` (asyncssh
+in the daemon, an ed25519 key listed in ndb for root) and by `sshfs` to OpenSSH's sshd running
+grid's bridge as its sftp subsystem (`sshd -D -f CONFIG` on a spare port with a config and host
+key of its own, the system's sshd untouched; docs/ssh.md, "OpenSSH in front"). The SFTP server
+is the daemon's in both sshfs cases; only the SSH transport differs. Each figure is the best
+of --runs:
 
-* read: `dd` of the imported file to /dev/null with 1 MiB blocks (the first run through
-  either mount is cold, from the block store; the others read the spawn's cache);
+* read: `dd` of the imported file to /dev/null with 1 MiB blocks, the mounts in turn, each
+  --runs times (FUSE's first read is from the block store, its others from the page cache;
+  sshfs mounts have no page cache here, so every sshfs read asks the daemon);
 * write: `dd` of --mib MiB from /dev/zero into a new file, with conv=fsync; for sshfs also
   before the FUSE mount is made (with a caching mount attached, every SFTP write first has
   the mount drop its cached attributes of the file: a round trip per write request).
 
-Needs root, /dev/fuse, sshfs and ssh. The machine is noisy: compare the ratio sshfs/FUSE, not
+Needs root, /dev/fuse, sshfs and ssh; the OpenSSH column needs /usr/sbin/sshd (apt
+openssh-server) and is left out without it. The machine is noisy: compare the ratio sshfs/FUSE, not
 the absolute figures.
 """
 
@@ -57,6 +63,50 @@ def dd(src: str, dst: str, mib: int, *extra: str) -> float:
     return mib * (1 << 20) / (time.monotonic() - t0) / 1e6
 
 
+SSHD = "/usr/sbin/sshd"
+#: Seconds for the spawn's changes to be committed (spawn.overlay's checkpoint interval, and
+#: some): reads of a spawn with uncommitted changes take the engine's owner thread and skip
+#: SFTP's read-ahead, which would charge the writes before a read to the read.
+COMMITTED = 2.5
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+def mount_sshfs(port: int, remote: str, mnt: Path, key: Path) -> None:
+    subprocess.run(["sshfs", "-F", "/dev/null", "-p", str(port), f"root@127.0.0.1:{remote}",
+                    str(mnt), "-o", f"IdentityFile={key},IdentitiesOnly=yes,"
+                    "BatchMode=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null"],
+                   check=True, capture_output=True)
+
+
+def start_sshd(base: Path, keys: Path, subsystem: str, tag: str) -> tuple[subprocess.Popen[bytes], int]:
+    """OpenSSH's sshd in the foreground with a config and host key of its own, running
+    *subsystem* as its sftp subsystem (the system's sshd and its config are not touched)."""
+    if not (keys / "host").exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")],
+                       check=True, capture_output=True)
+    (keys / "authorized_keys").write_text((keys / "k.pub").read_text())
+    port = free_port()
+    cfg = base / f"sshd_config.{tag}"
+    cfg.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"PidFile {base / f'sshd.{tag}.pid'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\n"
+        f"SetEnv PYTHONPATH={ROOT}\n"
+        f"Subsystem sftp {subsystem}\n")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    with open(base / f"sshd.{tag}.log", "wb") as log:
+        p = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stderr=log)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return p, port
+        if p.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"bench/ssh: sshd did not start: {(base / f'sshd.{tag}.log').read_text()}")
+        time.sleep(0.05)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=128)
@@ -66,8 +116,11 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"bench/ssh: {tool} not found (apt install sshfs openssh-client fuse3)")
     base = Path(tempfile.mkdtemp(prefix="grid-bench-ssh-", dir="/tmp"))
-    home, src, fuse, sshfs, keys = (base / n for n in ("home", "src", "fuse", "sshfs", "keys"))
+    home, src, fuse, sshfs, keys, opensshfs, overfuse = (
+        base / n for n in ("home", "src", "fuse", "sshfs", "keys", "opensshfs", "overfuse"))
     serve = None
+    sshd: list[tuple[subprocess.Popen[bytes], int]] = []
+    mounts: list[tuple[str, Path]] = []
     try:
         grid(home, "init")
         src.mkdir()
@@ -95,33 +148,59 @@ def main() -> int:
         sid = grid(home, "spawn", "-q", "bench").strip()
         fuse.mkdir()
         sshfs.mkdir()
-        subprocess.run(["sshfs", "-F", "/dev/null", "-p", str(port), f"root@127.0.0.1:/{sid}",
-                        str(sshfs), "-o", f"IdentityFile={keys / 'k'},IdentitiesOnly=yes,"
-                        "BatchMode=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null"],
-                       check=True, capture_output=True)
+        mount_sshfs(port, f"/{sid}", sshfs, keys / "k")
+        if os.path.exists(SSHD):
+            sshd.append(start_sshd(base, keys, f"{sys.executable} -m grid.sftp_bridge "
+                                               f"{home / 'run' / 'sftp.sock'}", "bridge"))
+            opensshfs.mkdir()
+            mount_sshfs(sshd[-1][1], f"/{sid}", opensshfs, keys / "k")
+            mounts.append(("OpenSSH", opensshfs))
         alone = []  # before the FUSE mount exists: no other client to tell of each change
         for i in range(args.runs):
             alone.append(dd("/dev/zero", str(sshfs / f"w{i}"), args.mib, "conv=fsync"))
             os.unlink(sshfs / f"w{i}")
         grid(home, "mount", sid, str(fuse))
-        results: dict[str, dict[str, float]] = {"FUSE": {}, "sshfs": {}}
-        for label, mnt in (("FUSE", fuse), ("sshfs", sshfs)):
-            reads = [dd(str(mnt / "big"), "/dev/null", args.mib) for _ in range(args.runs)]
-            writes = []
-            for i in range(args.runs):
-                writes.append(dd("/dev/zero", str(mnt / f"w{i}"), args.mib, "conv=fsync"))
+        if os.path.exists(SFTP_SERVER):  # the reference: OpenSSH's own server over the FUSE mount
+            sshd.append(start_sshd(base, keys, SFTP_SERVER, "sftp-server"))
+            overfuse.mkdir()
+            mount_sshfs(sshd[-1][1], str(fuse), overfuse, keys / "k")
+            mounts.append(("sftp-srv", overfuse))
+        mounts[:0] = [("FUSE", fuse), ("asyncssh", sshfs)]
+        print(f"bench/ssh: load average {os.getloadavg()[0]:.1f} before", flush=True)
+        time.sleep(COMMITTED)
+        reads: dict[str, list[float]] = {label: [] for label, _ in mounts}
+        writes: dict[str, list[float]] = {label: [] for label, _ in mounts}
+        for _ in range(args.runs):  # round robin: the machine's load moves over a run
+            for label, mnt in mounts:
+                reads[label].append(dd(str(mnt / "big"), "/dev/null", args.mib))
+        for i in range(args.runs):
+            for label, mnt in mounts:
+                writes[label].append(dd("/dev/zero", str(mnt / f"w{i}"), args.mib, "conv=fsync"))
                 os.unlink(mnt / f"w{i}")
-            results[label] = {"read cold": reads[0], "read warm": max(reads[1:] or reads),
-                              "write": max(writes)}
-        print(f"bench/ssh: {args.mib} MiB, best of {args.runs}, MB/s")
-        print(f"{'':12}{'FUSE':>10}{'sshfs':>10}{'sshfs/FUSE':>12}")
-        for k in ("read cold", "read warm", "write"):
-            f, s = results["FUSE"][k], results["sshfs"][k]
-            print(f"{k:12}{f:10.1f}{s:10.1f}{s / f:12.2f}")
-        print(f"sshfs write with no FUSE mount of the spawn: {max(alone):.1f} MB/s")
+        print(f"bench/ssh: {args.mib} MiB, MB/s; sshfs through asyncssh (grid serve --ssh), "
+              "through OpenSSH's sshd with grid.sftp_bridge, and OpenSSH's sftp-server over "
+              f"the FUSE mount; load average {os.getloadavg()[0]:.1f} after")
+        others = [label for label, _ in mounts[1:]]
+        print(f"{'':24}{'FUSE':>9}" + "".join(f"{o:>10}{'/FUSE':>7}" for o in others))
+        rows = {
+            "read, first": {k: v[0] for k, v in reads.items()},
+            f"read, best of {args.runs}": {k: max(v) for k, v in reads.items()},
+            f"write, best of {args.runs}": {k: max(v) for k, v in writes.items()},
+        }
+        for row, r in rows.items():
+            f = r["FUSE"]
+            print(f"{row:24}{f:9.1f}" + "".join(f"{r[o]:10.1f}{r[o] / f:7.2f}" for o in others))
+        first = rows["read, first"]["FUSE"]
+        print(f"{'best read / FUSE first':24}{'':9}" + "".join(
+            f"{'':10}{rows[f'read, best of {args.runs}'][o] / first:7.2f}" for o in others)
+            + "   (a FUSE re-read is the page cache)")
+        print(f"sshfs (asyncssh) write with no FUSE mount of the spawn: {max(alone):.1f} MB/s")
     finally:
-        for m in (sshfs, fuse):
+        for m in (overfuse, opensshfs, sshfs, fuse):
             subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True, check=False)
+        for p, _port in sshd:
+            p.terminate()
+            p.wait(timeout=10)
         if serve is not None and serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):

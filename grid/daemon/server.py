@@ -77,6 +77,7 @@ class Service(Protocol):
 #: ``daemon.settings`` and uses the daemon's public methods (live, control, user_name, uid_of).
 SERVICE_MODULES: tuple[str, ...] = (
     "grid.daemon.ninep_service", "grid.daemon.peer_service", "grid.daemon.ssh_service",
+    "grid.daemon.sftp_service",
 )
 
 

@@ -119,14 +119,26 @@ class _Where:
     attr: Attr | None
 
 
+#: Bytes one engine read fetches for a handle read sequentially (sshfs asks 32 KiB at a time;
+#: per request the engine's tree walk and leaf checks cost as much as the bytes).
+READ_AHEAD = 512 << 10
+
+
 @dataclass(slots=True)
 class _Handle:
-    """An open file: the engine counted the open, ``close`` releases it."""
+    """An open file: the engine counted the open, ``close`` releases it. Sequential reads
+    keep what one larger engine read fetched (*ra*, from offset *ra_off*), valid while the
+    spawn's committed state is still *ra_state* (SharedLink.snapshot): any change since
+    makes it stale, so a read never returns bytes another client has since overwritten."""
 
     link: Any
     ino: int
     append: bool
     write: bool = False  # opened for writing: an fsetstat of its size is an ftruncate
+    next_off: int = 0  # where a sequential read would go on
+    ra: bytes = b""
+    ra_off: int = 0
+    ra_state: int | None = None
 
 
 class _Link:
@@ -415,7 +427,23 @@ class GridSFTPServer(asyncssh.SFTPServer):
                 raise
 
     async def read(self, file_obj: _Handle, offset: int, size: int) -> bytes:  # type: ignore[override]
-        return await file_obj.link.call("read", file_obj.ino, offset, size)
+        """One engine read per request, except for a handle read in order: then one engine
+        read of READ_AHEAD bytes serves the requests it covers, for as long as the spawn has
+        not changed (the same state the engine's own read would see then)."""
+        h = file_obj
+        state = h.link.shared.snapshot()
+        if state is not None and state == h.ra_state and h.ra_off <= offset \
+                and offset + size <= h.ra_off + len(h.ra):
+            h.next_off = offset + size
+            return h.ra[offset - h.ra_off:offset - h.ra_off + size]
+        if offset != h.next_off or state is None or size >= READ_AHEAD:
+            h.next_off = offset + size
+            return await h.link.call("read", h.ino, offset, size)
+        data = await h.link.call("read", h.ino, offset, READ_AHEAD)
+        if h.link.shared.snapshot() == state:  # else a change came between: keep nothing
+            h.ra, h.ra_off, h.ra_state = data, offset, state
+        h.next_off = offset + size
+        return data[:size]
 
     async def write(self, file_obj: _Handle, offset: int, data: bytes) -> int:  # type: ignore[override]
         return await file_obj.link.call("write", file_obj.ino, offset, data,

@@ -29,6 +29,15 @@ class SharedLink:
         self.live = live
         self.sid: str = live.info.id
 
+    def snapshot(self) -> int | None:
+        """Which committed state of the spawn a read now sees, or None when there are
+        changes not yet committed. While this stays the same number nothing in the spawn has
+        changed: every completed change leaves the overlay uncommitted (None) until a
+        checkpoint, and each checkpoint counts (spawn.overlay: ``clean``, ``checkpoints``).
+        SFTP's read-ahead uses it to know its buffer is still the file's content."""
+        ov = self.live.engine.ov
+        return ov.checkpoints if ov.clean and not ov.closed else None
+
     async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         try:
             return await self.live.host.call(op, cred, *args, **kw)
