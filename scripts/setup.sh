@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 # restic and borgbackup are the peers bench/import_bench.py measures grid against.
 DEBS=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev diod restic borgbackup
-      python3-llfuse openssh-client sshfs)  # borg mount needs llfuse; SSH tests use the last two
+      python3-llfuse openssh-client sshfs openssh-server)
+# borg mount needs llfuse; SSH tests use the last three (openssh-server: OpenSSH's sshd in front
+# of grid's SFTP server, docs/ssh.md; the tests run their own `sshd -D -f`, never the system's)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -15,7 +17,17 @@ if ((${#missing[@]})); then
     echo "setup: installing Debian packages: ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Installing packages must not start services (openssh-server would start the system's
+    # sshd): a policy-rc.d that refuses, for the length of the install, unless one exists.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    rc=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    [ -z "$own_policy" ] || rm -f "$policy"
+    ((rc == 0)) || exit "$rc"
 fi
 
 # Users mount their spawns themselves: /dev/fuse is 0666 on Debian (udev's default rule), but
