@@ -34,6 +34,7 @@ from pathlib import Path
 import lmdb
 import zstandard
 
+from store.barrier import Gate, WriterSessions
 from store.base import BlockStore, LogRecord, StoreStats
 from store.block import Block, BlockType, check_size, check_type, references
 from store.cache import BlockCache
@@ -117,6 +118,12 @@ class LocalStore(BlockStore):
         self._gone_logged: set[tuple[int, bool]] = set()  # missing segments already logged
         self._unlinked_checked = time.monotonic()
         self._cache = BlockCache(cache_bytes)
+        # Online prune (store.barrier, docs/store.md "Online prune"): puts hold the gate
+        # shared; while prune runs, every put's score goes into the late set.
+        self._gate = Gate()
+        self.writers = WriterSessions()
+        self._late: set[bytes] | None = None
+        self._drop_gen = 0  # bumped when prune removes segments: a failed read looks again
         self._puts = self._dups = self._gets = 0
         self._blocks = self._stored = self._logical = 0
         self._starts: list[int] = []
@@ -424,7 +431,16 @@ class LocalStore(BlockStore):
 
     def has(self, score: bytes) -> bool:
         self._check_open()
-        return self._locate(bytes(score)) is not None
+        score = bytes(score)
+        if self._late is None:
+            return self._locate(score) is not None
+        # While prune runs, a block found is kept: its finder may name it (store.barrier).
+        with self._gate.shared():
+            found = self._locate(score) is not None
+            late = self._late
+            if found and late is not None:
+                late.add(score)
+            return found
 
     def _put_if_absent_fast(self, score: Score) -> bool:
         self._check_open()
@@ -487,9 +503,23 @@ class LocalStore(BlockStore):
         blk = self._cache.get(score)
         if blk is not None:
             return blk
+        gen = self._drop_gen
         loc = self._locate(score)
         if loc is None:
             raise BlockNotFound(score)
+        try:
+            return self._read_at(score, loc)
+        except (CorruptBlock, OSError):
+            # Prune may have removed the segment between the look-up and the read (its
+            # descriptor closed, its file unlinked): the index names the block's copy now.
+            if self._drop_gen == gen:
+                raise
+            loc = self._locate(score)
+            if loc is None:
+                raise BlockNotFound(score) from None
+            return self._read_at(score, loc)
+
+    def _read_at(self, score: bytes, loc: Location) -> Block:
         seg = self._segment_of(loc.position)
         where = _Where(self, seg)  # formatted only if an error needs it
         total = RECORD_HEADER_SIZE + loc.stored_len
@@ -524,6 +554,16 @@ class LocalStore(BlockStore):
         return blk
 
     # -- writing ----------------------------------------------------------------------------
+
+    def put(self, btype: int, data: bytes | bytearray | memoryview) -> Score:
+        """BlockStore.put, inside the gate, noting the score in the late set while prune
+        runs (store.barrier)."""
+        with self._gate.shared():
+            score = super().put(btype, data)
+            late = self._late
+            if late is not None:
+                late.add(bytes(score))
+            return score
 
     def _store(self, score: Score, btype: BlockType, payload: bytes) -> None:
         if self.readonly:
@@ -682,6 +722,45 @@ class LocalStore(BlockStore):
 
     # -- prune (store.prune) ------------------------------------------------------------------
 
+    def begin_prune(self) -> int:
+        """Start the late set (every put from now on is noted) and return the writer-session
+        cutoff: sessions numbered below it began before prune (store.barrier)."""
+        self._check_open()
+        if self.readonly:
+            raise StoreError(f"store {self.path} is open read-only: prune needs the writer")
+        with self._wlock:
+            if self._late is not None:
+                raise StoreError(f"store {self.path}: a prune is running already")
+            self._late = set()
+        return self.writers.cutoff()
+
+    def end_prune(self) -> None:
+        with self._wlock:
+            self._late = None
+
+    def late_scores(self) -> list[bytes]:
+        """The scores put since ``begin_prune`` (call under ``exclusive`` for all of them)."""
+        with self._wlock:
+            return list(self._late or ())
+
+    def late_count(self) -> int:
+        with self._wlock:
+            return len(self._late or ())
+
+    def seal(self) -> int:
+        """Close the segment being appended to (when it holds a record) so that everything
+        written so far lies in sealed segments, and return the boundary: the start of the
+        segment now appended to. Prune chooses victims only below it."""
+        self._check_open()
+        with self._wlock:
+            if self._cur_size > SEGMENT_HEADER_SIZE:
+                self._roll()
+            return self._cur_start
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold off every put (they wait) until the block ends; reads go on."""
+        return self._gate.exclusive()
+
     def locate(self, score: bytes) -> Location | None:
         """Where the index (or the unsynced tail) has *score*'s record."""
         self._check_open()
@@ -703,6 +782,19 @@ class LocalStore(BlockStore):
         with self._env.begin(db=self._db) as txn:
             for key, val in txn.cursor():
                 yield bytes(key), Location.unpack(val)
+
+    @contextlib.contextmanager
+    def index_snapshot(self) -> Iterator[Callable[[], Iterator[int]]]:
+        """A function iterating the log positions of every committed index entry, as often
+        as wanted, all in one LMDB snapshot (so two passes see the same entries)."""
+        self._check_open()
+        with self._env.begin(db=self._db) as txn:
+
+            def positions() -> Iterator[int]:
+                for val in txn.cursor().iternext(keys=False, values=True):
+                    yield int.from_bytes(val[:8], "big")
+
+            yield positions
 
     def copy_record(self, score: bytes, loc: Location) -> Location:
         """Append a copy of the record at *loc* (the same header and stored payload) to the
@@ -780,6 +872,7 @@ class LocalStore(BlockStore):
             return
         doomed = {int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw), 8)}
         with self._wlock:
+            self._drop_gen += 1  # before any file goes: a reader that fails looks again
             self._starts = [x for x in self._starts if x not in doomed or x == self._cur_start]
             for x in doomed:
                 fd = self._read_fds.pop(x, None)
