@@ -107,8 +107,8 @@ async def serve(daemon: Daemon, uid: int, tag: int, args: list[Any], kw: dict[st
     try:
         rep = await asyncio.to_thread(prune, daemon.store, roots, max_unused=max_unused,
                                       dry_run=dry, progress=progress, waiting=waiting)
-        reply = [tag, 0, {**rep.as_dict(), **counts}]
-        log.info("prune: %d of %d blocks live, %d segment(s) compacted, %d bytes reclaimed in %.1f s",
+        reply = [tag, 0, {**rep.as_dict(), **counts, "daemon_pid": os.getpid()}]
+        log.info("prune: %d of %d blocks live, %d segment(s) compacted, %d bytes reclaimed in %.2f s",
                  rep.live_blocks, rep.blocks, len(rep.victims), rep.reclaimed_bytes, rep.seconds)
     except StoreError as e:
         reply = [tag, errno.EINVAL, str(e)]
