@@ -328,28 +328,31 @@ def prune(store: LocalStore, roots: Iterable[bytes] | RootsFn, *, max_unused: fl
         raise StoreError(f"store {store.path} is open read-only: prune needs the writer")
     t0 = time.monotonic()
     again: RootsFn | None = roots if callable(roots) else None
-    first = [bytes(r) for r in dict.fromkeys(bytes(r) for r in (again() if again else roots))]  # type: ignore[operator,union-attr]
     rep = PruneReport(dry_run=dry_run)
     cutoff = store.begin_prune()
     try:
         boundary = store.position() if dry_run else store.seal()
         m = _Marker(store, boundary, rep, progress)
+        given = again() if again is not None else roots
+        first = [bytes(r) for r in dict.fromkeys(bytes(r) for r in given)]  # type: ignore[union-attr]
         m.mark(m.present(first))
         if rep.missing_roots:
             raise StoreError(f"{len(rep.missing_roots)} root(s) are not in the store (first "
                              f"{rep.missing_roots[0]}); prune stops and removes nothing")
+        more: list[bytes] = []
         if not dry_run:
             store.writers.wait_older(cutoff, waiting)
+            # Read again before holding puts off: reading an open spawn's roots runs on its
+            # thread, which may be waiting to put. Whatever is named after this read was put
+            # or found after prune began, so it is in the late set.
+            if again is not None:
+                more = [bytes(r) for r in again()]
         with store.exclusive() if not dry_run else contextlib.nullcontext():
             final = first
             if not dry_run:
                 late = store.late_scores()
                 rep.late_blocks = len(late)
-                final = list(first)
-                if again is not None:
-                    more = [bytes(r) for r in again()]
-                    final += [r for r in more if store.locate(r) is not None]
-                final += late
+                final = first + [r for r in more if store.locate(r) is not None] + late
                 m.mark(final)
             ms, use = m.finish()
             victims = {s for s, u in use.items() if u.dead_fraction * 100 > max_unused}

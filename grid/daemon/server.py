@@ -402,6 +402,10 @@ class Daemon:
 
         assert self.spawner is not None
         r = await asyncio.to_thread(lambda: resolve(self.home, ref, caller(self, uid)))
+        # Asking the store also keeps the root through a prune running now (store.barrier).
+        if not await asyncio.to_thread(self.store.has, r.score):
+            raise Refused(errno.ENOENT, f"{ref}: its root {format_score(r.score)} is not in "
+                          "the store")
         owner = await asyncio.to_thread(self._user_name, uid)
         info = await asyncio.to_thread(
             self.spawner.spawn, r.name or ref, r.score, owner=owner, uid=uid)
