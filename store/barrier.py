@@ -116,15 +116,18 @@ class WriterSessions:
             return [w for n, w in sorted(self._open.items()) if n < cutoff]
 
     def wait_older(self, cutoff: int, note: Callable[[list[str]], None] | None = None,
-                   every: float = 1.0) -> None:
-        """Return once every session numbered below *cutoff* has ended, calling *note* with
-        the ones still open now and then (at once, then every *every* seconds)."""
+                   every: float = 1.0, cancelled: Callable[[], bool] | None = None) -> bool:
+        """Return True once every session numbered below *cutoff* has ended, calling *note*
+        with the ones still open now and then (at once, then every *every* seconds); False
+        as soon as *cancelled* says so."""
         told = 0.0
         with self._cond:
             while True:
                 left = [w for n, w in sorted(self._open.items()) if n < cutoff]
                 if not left:
-                    return
+                    return True
+                if cancelled is not None and cancelled():
+                    return False
                 now = time.monotonic()
                 if note is not None and now - told >= every:
                     told = now

@@ -124,6 +124,7 @@ class LocalStore(BlockStore):
         self.writers = WriterSessions()
         self._late: set[bytes] | None = None
         self._drop_gen = 0  # bumped when prune removes segments: a failed read looks again
+        self._prune_cancel = threading.Event()  # a closing owner stops a prune before it copies
         self._puts = self._dups = self._gets = 0
         self._blocks = self._stored = self._logical = 0
         self._starts: list[int] = []
@@ -732,7 +733,16 @@ class LocalStore(BlockStore):
             if self._late is not None:
                 raise StoreError(f"store {self.path}: a prune is running already")
             self._late = set()
+        self._prune_cancel.clear()
         return self.writers.cutoff()
+
+    def cancel_prune(self) -> None:
+        """Make a running prune stop before it changes anything (if it has not begun to copy
+        yet: compaction runs to its end). For an owner about to close the store."""
+        self._prune_cancel.set()
+
+    def prune_cancelled(self) -> bool:
+        return self._prune_cancel.is_set()
 
     def end_prune(self) -> None:
         with self._wlock:

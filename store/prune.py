@@ -189,8 +189,11 @@ class _Marker:
             if loc.type != BlockType.DATA:
                 blk = store.get(score)
                 stack.extend(c for c in references(blk.type, blk.data) if c != NULL_SCORE)
-            if self.progress is not None and self.done % 4096 == 0:
-                self.progress("mark", self.done, len(ms))
+            if self.done % 4096 == 0:
+                if store.prune_cancelled():
+                    raise StoreError("prune stopped: the store is being closed; nothing was removed")
+                if self.progress is not None:
+                    self.progress("mark", self.done, len(ms))
 
     def present(self, roots: Iterable[bytes]) -> list[bytes]:
         """*roots* the store holds; the others are noted in the report as missing."""
@@ -341,13 +344,16 @@ def prune(store: LocalStore, roots: Iterable[bytes] | RootsFn, *, max_unused: fl
                              f"{rep.missing_roots[0]}); prune stops and removes nothing")
         more: list[bytes] = []
         if not dry_run:
-            store.writers.wait_older(cutoff, waiting)
+            if not store.writers.wait_older(cutoff, waiting, cancelled=store.prune_cancelled):
+                raise StoreError("prune stopped: the store is being closed; nothing was removed")
             # Read again before holding puts off: reading an open spawn's roots runs on its
             # thread, which may be waiting to put. Whatever is named after this read was put
             # or found after prune began, so it is in the late set.
             if again is not None:
                 more = [bytes(r) for r in again()]
         with store.exclusive() if not dry_run else contextlib.nullcontext():
+            if store.prune_cancelled():
+                raise StoreError("prune stopped: the store is being closed; nothing was removed")
             final = first
             if not dry_run:
                 late = store.late_scores()

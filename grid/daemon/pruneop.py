@@ -102,11 +102,19 @@ async def serve(daemon: Daemon, uid: int, tag: int, args: list[Any], kw: dict[st
         counts.update(c)
         return rs
 
+    def work() -> Any:
+        # The flag drops when the thread ends, not when this request does: a daemon being
+        # stopped cancels the request, then waits for the flag before closing the store.
+        try:
+            return prune(daemon.store, roots, max_unused=max_unused, dry_run=dry,
+                         progress=progress, waiting=waiting)
+        finally:
+            daemon.pruning = False
+
     daemon.pruning = True
     log.info("prune (uid %d)%s, max unused %g %%", uid, " dry run" if dry else "", max_unused)
     try:
-        rep = await asyncio.to_thread(prune, daemon.store, roots, max_unused=max_unused,
-                                      dry_run=dry, progress=progress, waiting=waiting)
+        rep = await asyncio.to_thread(work)
         reply = [tag, 0, {**rep.as_dict(), **counts, "daemon_pid": os.getpid()}]
         log.info("prune: %d of %d blocks live, %d segment(s) compacted, %d bytes reclaimed in %.2f s",
                  rep.live_blocks, rep.blocks, len(rep.victims), rep.reclaimed_bytes, rep.seconds)
@@ -115,7 +123,5 @@ async def serve(daemon: Daemon, uid: int, tag: int, args: list[Any], kw: dict[st
     except Exception as e:
         log.exception("prune failed")
         reply = [tag, errno.EIO, f"prune failed: {e}"]
-    finally:
-        daemon.pruning = False
     writer.write(encode(reply))
     await writer.drain()

@@ -221,6 +221,10 @@ class Daemon:
             await asyncio.to_thread(live.host.close)
             del self._live[sid]
         if self.store is not None:
+            if self.pruning:  # stop it before it copies; a copy under way runs to its end
+                self.store.cancel_prune()
+                while self.pruning:
+                    await asyncio.sleep(0.05)
             self.store.close()
         for p in (self.sock_path, self.blocks_path, self.home.pidfile):
             with contextlib.suppress(FileNotFoundError):

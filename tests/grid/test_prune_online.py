@@ -245,3 +245,29 @@ def test_sigkill_daemon_during_online_prune(node: Node) -> None:
     check_clean(node)
     assert exports(node, ["proj", "other"]) == before
     print(f"{kills} kills during online prunes (a whole prune took {took:.2f} s in the daemon)")
+
+
+def test_prune_waits_for_an_import_in_flight(node: Node) -> None:
+    """An import through the daemon's block socket that began before prune: prune says it
+    waits for it, and the import's whole tree survives (its name exports what was read)."""
+    node.start()
+    src = node.base / "big"
+    rng = random.Random(21)
+    make_src(src, rng, 0)
+    for i in range(120):
+        (src / f"b{i}").write_bytes(rng.randbytes(1 << 20))
+    imp = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "import", "--no-cache",
+                            str(src), "big"], env=node.env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    st0 = json.loads(node.grid("store", "stat", "--json").stdout)["position"]
+    # the import is writing (its connection is a writer session) before prune starts
+    assert wait_for(lambda: json.loads(node.grid("store", "stat", "--json").stdout)["position"]
+                    > st0 + (8 << 20), timeout=60)
+    p = node.grid("prune", "--max-unused", "0", timeout=300)
+    _out, err = imp.communicate(timeout=300)
+    assert imp.returncode == 0, err
+    assert "waiting for 1 writer(s)" in p.stderr and "block connection" in p.stderr, p.stderr
+    d = node.base / "x-big"
+    node.grid("export", "big", str(d))
+    assert digest(d) == digest(src)
+    check_clean(node)
