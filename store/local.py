@@ -76,6 +76,7 @@ _META_DOOMED = b"doomed"  # segment starts (u64 each) prune has emptied and is r
 _COMPLETE = "COMPLETE"  # in index.new: the rebuilt index is whole and may be swapped in
 _MDB_MAGIC = 0xBEEFC0DE
 _UNLINKED_EVERY = 2.0  # seconds between looks for segment files deleted under a running store
+MAX_READ_FDS = 256  # segment files kept open for reading; the oldest opened is closed first
 
 
 def _u64(n: int) -> bytes:
@@ -123,7 +124,9 @@ class LocalStore(BlockStore):
         self._gate = Gate()
         self.writers = WriterSessions()
         self._late: set[bytes] | None = None
-        self._drop_gen = 0  # bumped when prune removes segments: a failed read looks again
+        # Bumped when a read descriptor may close under a reader (prune removes segments, the
+        # descriptor cache evicts one): a read that fails after it moved looks again.
+        self._read_gen = 0
         self._prune_cancel = threading.Event()  # a closing owner stops a prune before it copies
         self._puts = self._dups = self._gets = 0
         self._blocks = self._stored = self._logical = 0
@@ -458,6 +461,12 @@ class LocalStore(BlockStore):
                 fd = self._read_fds.get(seg_start)
                 if fd is None:
                     fd = os.open(self._seg_path(seg_start), os.O_RDONLY)
+                    if len(self._read_fds) >= MAX_READ_FDS:
+                        # A store of many segments must not run out of descriptors. A reader
+                        # still using the evicted one fails and looks again (get).
+                        old = self._read_fds.pop(next(iter(self._read_fds)))
+                        self._read_gen += 1
+                        os.close(old)
                     self._read_fds[seg_start] = fd
         return fd
 
@@ -504,21 +513,20 @@ class LocalStore(BlockStore):
         blk = self._cache.get(score)
         if blk is not None:
             return blk
-        gen = self._drop_gen
-        loc = self._locate(score)
-        if loc is None:
-            raise BlockNotFound(score)
-        try:
-            return self._read_at(score, loc)
-        except (CorruptBlock, OSError):
-            # Prune may have removed the segment between the look-up and the read (its
-            # descriptor closed, its file unlinked): the index names the block's copy now.
-            if self._drop_gen == gen:
-                raise
+        for _ in range(4):
+            gen = self._read_gen
             loc = self._locate(score)
             if loc is None:
-                raise BlockNotFound(score) from None
-            return self._read_at(score, loc)
+                raise BlockNotFound(score)
+            try:
+                return self._read_at(score, loc)
+            except (CorruptBlock, OSError):
+                # Prune may have removed the segment between the look-up and the read, or
+                # the descriptor was evicted and its number reused: the index names the
+                # block's current record, and a fresh descriptor reads it.
+                if self._read_gen == gen:
+                    raise
+        return self._read_at(score, self._locate(score) or _raise_not_found(score))
 
     def _read_at(self, score: bytes, loc: Location) -> Block:
         seg = self._segment_of(loc.position)
@@ -813,10 +821,22 @@ class LocalStore(BlockStore):
         self._check_open()
         seg = self._segment_of(loc.position)
         total = RECORD_HEADER_SIZE + loc.stored_len
-        raw = os.pread(self._read_fd(seg), total, loc.position - seg)
-        hdr = decode_record_header(raw)
-        if hdr.score != score or len(raw) != total:
-            raise CorruptBlock(score, str(_Where(self, seg)), "record does not match the index")
+        for _ in range(4):
+            gen = self._read_gen
+            try:
+                raw = os.pread(self._read_fd(seg), total, loc.position - seg)
+                hdr = decode_record_header(raw)
+                if hdr.score != score or len(raw) != total:
+                    raise CorruptBlock(score, str(_Where(self, seg)), "record does not match the index")
+                # Verified before it is copied: a bad block is never spread.
+                if score_of(hdr.type, self._decode_payload(hdr, raw[RECORD_HEADER_SIZE:])) != score:
+                    raise CorruptBlock(score, str(_Where(self, seg)))
+                break
+            except (BadRecord, CorruptBlock, OSError):
+                if self._read_gen == gen:  # not a descriptor closed under us: real damage
+                    raise
+        else:
+            raise CorruptBlock(score, str(_Where(self, seg)), "could not be read (descriptors churn)")
         with self._wlock:
             if self._cur_size + total > self.segment_size and self._cur_size > SEGMENT_HEADER_SIZE:
                 self._roll()
@@ -882,7 +902,7 @@ class LocalStore(BlockStore):
             return
         doomed = {int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw), 8)}
         with self._wlock:
-            self._drop_gen += 1  # before any file goes: a reader that fails looks again
+            self._read_gen += 1  # before any file goes: a reader that fails looks again
             self._starts = [x for x in self._starts if x not in doomed or x == self._cur_start]
             for x in doomed:
                 fd = self._read_fds.pop(x, None)
@@ -1342,6 +1362,10 @@ def _open_env(path: str, **kw: object) -> lmdb.Environment:
             f"cannot open the store index {path} ({why}); run `grid store check --rebuild` "
             "to recreate it from the log"
         ) from None
+
+
+def _raise_not_found(score: bytes) -> Location:
+    raise BlockNotFound(score)
 
 
 def _write_all(fd: int, *parts: bytes) -> None:

@@ -255,8 +255,7 @@ def compact(store: LocalStore, roots: list[bytes], ms: MarkSet, victims: set[int
         return i is not None and bit(moved, i)
 
     def copy(score: bytes, loc: Location) -> None:
-        store.get(score)  # verify before copying: a bad block is never spread
-        store.copy_record(score, loc)
+        store.copy_record(score, loc)  # it verifies the record: a bad block is never spread
         rep.copied_records += 1
         rep.copied_bytes += RECORD_HEADER_SIZE + loc.stored_len
         if progress is not None and rep.copied_records % 1024 == 0:

@@ -210,3 +210,39 @@ def test_reads_across_segment_removal(store):
     assert not errors, errors
     assert moved > 0 and reads[0] > 1000
     assert store.check().ok
+
+
+def test_read_descriptors_are_bounded(tmp_path):
+    """A store of more segments than the descriptor cache holds: readers in threads read
+    blocks from all of them at random, never fail, and at most MAX_READ_FDS stay open."""
+    from store.local import MAX_READ_FDS
+
+    LocalStore.create(tmp_path / "s")
+    st = LocalStore.open(tmp_path / "s", segment_size=4096)
+    rng = random.Random(8)
+    blocks = {}
+    for _ in range(MAX_READ_FDS + 150):  # one block per segment
+        data = rng.randbytes(3000)
+        blocks[bytes(st.put(BlockType.DATA, data))] = data
+    st.sync()
+    assert len(st.segment_starts()) > MAX_READ_FDS
+    scores = list(blocks)
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        r = random.Random(seed)
+        try:
+            for _ in range(3000):
+                s = r.choice(scores)
+                assert st.get(s).data == blocks[s]
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(st._read_fds) <= MAX_READ_FDS
+    st.close()
