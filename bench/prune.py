@@ -31,11 +31,11 @@ For each tool:
 Each tool's default threshold is used: restic ``--max-unused 5%``, borg compact
 ``--threshold 10``, grid ``--max-unused 10``.
 
-Grid's segments are 256 MiB by default (store.local.DEFAULT_SEGMENT_SIZE); prune seals the
+Grid's segments are 16 MiB by default (store.local.DEFAULT_SEGMENT_SIZE); prune seals the
 segment being appended to when it starts, so even a store of one segment is compacted.
 ``--grid-segments`` runs grid once per listed segment size in MiB (0 = grid's default, written
 to ``store/segment_size`` right after ``grid init`` otherwise), so the table shows the default
-beside, say, restic's 16 MiB packs.
+beside other sizes (the old default was 1 GiB).
 
 Results: a table on stdout and ``bench/out/prune.json`` (``--out``). The work directory is
 removed at the end unless ``--keep``. Page cache warm, as in bench/import.
@@ -110,7 +110,7 @@ class GridSeg(Grid):
         return m
 
     def settings(self, repo: Path) -> str:
-        seg = "256 MiB (default)" if not self.seg_mib else f"{self.seg_mib} MiB (store/segment_size)"
+        seg = "16 MiB (default)" if not self.seg_mib else f"{self.seg_mib} MiB (store/segment_size)"
         return super().settings(repo) + f"; segments {seg}; prune --max-unused 10 (default)"
 
 
@@ -278,7 +278,7 @@ def main() -> None:
                     help="fraction of the files rewritten between two snapshots")
     ap.add_argument("--only", default=",".join(TOOLS))
     ap.add_argument("--grid-segments", default="0,16",
-                    help="grid runs, one per segment size in MiB (0 = the default, 256 MiB)")
+                    help="grid runs, one per segment size in MiB (0 = the default, 16 MiB)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", default="/var/tmp/grid-bench-prune")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -66,7 +66,7 @@ from store.segment import (
 log = logging.getLogger(__name__)
 
 FORMAT_LINE = "grid-store 1\n"
-DEFAULT_SEGMENT_SIZE = 256 << 20  # why this size: docs/store.md, "Segment size"
+DEFAULT_SEGMENT_SIZE = 16 << 20  # why this size: docs/store.md, "Segment size"
 AUTO_SYNC_BYTES = 256 << 20  # bound the unindexed tail (and the work of recovery)
 _META_INDEXED_TO = b"indexed_to"
 _META_BLOCKS = b"blocks"

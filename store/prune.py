@@ -2,13 +2,15 @@
 fraction passes a threshold (docs/store.md, "Prune").
 
 The store layer knows nothing of names or spawns: the caller (grid.prune) gives the roots.
-Prune runs in the store's writer process and with the writer to itself (no concurrent puts):
-the copy phase must see a still index, see docs/store.md for why and for the crash analysis.
+Prune runs in the store's writer process, beside its writers (docs/store.md, "Online
+prune"; store.barrier): it seals the segment being appended to, marks while puts go on (each
+noted in the late set), waits for writer sessions older than itself, then holds puts off
+for the last mark and the copy phase, which must see a still index.
 
 **The mark set** is a bitmap over the index's records sorted by log position: an
 ``array('Q')`` of every indexed record's position (8 bytes per block) and one bit per block,
-so 10 million blocks take about 81 MB (plus, while it is built, the sort's temporary list:
-about 40 bytes per block). A block's bit is found by bisecting its position.
+so 10 million blocks take about 81 MB (plus, while it is built, one segment's positions as a
+list: MarkSet.of_index). A block's bit is found by bisecting its position.
 
 **Compaction** copies, children first, every live record of a victim segment and every live
 record that references a copied one (the upward closure), to the end of the log: copied
