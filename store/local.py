@@ -718,6 +718,8 @@ class LocalStore(BlockStore):
             if isinstance(item, Bad):
                 if item.torn and seg == last and self.readonly:
                     return
+                if item.length == 0 and item.score is None and seg not in self.segment_starts():
+                    continue  # removed by prune while we read: its live records were copied on
                 raise CorruptBlock(
                     item.score if item.score is not None else bytes(32),
                     f"segment {self._seg_path(seg).name} at {item.position}",

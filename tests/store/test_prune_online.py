@@ -113,8 +113,22 @@ def test_prune_beside_writers_and_readers(store):
         except BaseException as e:  # reported by the test
             errors.append(e)
 
+    def replicator() -> None:
+        """Read the log from the start again and again, as a peer pulling would: segments
+        removed under it are skipped, never an error. (Closure of what it yields is not
+        asserted here: dead parents left indexed break it, with or without concurrency;
+        see test_log_replay_after_prune_with_threshold.)"""
+        try:
+            while not stop.is_set():
+                for _rec in store.iter_log(0):
+                    pass
+                written["replays"] = written.get("replays", 0) + 1
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
     threads = [threading.Thread(target=writer, args=(n, i)) for i, n in enumerate(bases)]
-    threads += [threading.Thread(target=reviver), threading.Thread(target=reader)]
+    threads += [threading.Thread(target=reviver), threading.Thread(target=reader),
+                threading.Thread(target=replicator)]
     for t in threads:
         t.start()
     reps = []
@@ -131,7 +145,7 @@ def test_prune_beside_writers_and_readers(store):
         for t in threads:
             t.join(timeout=60)
     assert not errors, errors
-    assert written["trees"] > 10 and written["reads"] > 0
+    assert written["trees"] > 10 and written["reads"] > 0 and written.get("replays", 0) > 0
     assert sum(r.copied_records for r in reps) > 0 and sum(r.reclaimed_bytes for r in reps) > 0
     assert any(r.late_blocks for r in reps)
     final = {n: whole(store, r) for n, r in names.latest.items()}
@@ -246,3 +260,25 @@ def test_read_descriptors_are_bounded(tmp_path):
     assert not errors, errors[:3]
     assert len(st._read_fds) <= MAX_READ_FDS
     st.close()
+
+
+@pytest.mark.xfail(strict=True, reason="known, from before online prune: a dead parent left "
+                   "indexed in a kept segment precedes its live child's copy in the log "
+                   "(or references a dead child removed with a victim), so iter_log from 0 "
+                   "is not closed after a prune with --max-unused > 0")
+def test_log_replay_after_prune_with_threshold(store):
+    """What a peer pulling from cursor 0 does after a prune that kept some partly dead
+    segments: replay the log into a closure-enforcing store."""
+    rng = random.Random(0)
+    base = bytearray(rng.randbytes(300_000))
+    roots = []
+    for _ in range(15):
+        for _ in range(3):
+            at = rng.randrange(0, len(base) - 4096)
+            base[at : at + 4096] = rng.randbytes(4096)
+        roots.append(tree(store, bytes(base)))
+    store.sync()
+    prune(store, roots[-2:], max_unused=30)
+    mem = MemoryStore()
+    for rec in store.iter_log(0):
+        mem.put(rec.type, rec.data)
