@@ -273,3 +273,34 @@ def test_prune_waits_for_an_import_in_flight(node: Node) -> None:
     node.grid("export", "big", str(d))
     assert digest(d) == digest(src)
     check_clean(node)
+
+
+def test_daemon_stops_cleanly_during_prune(node: Node) -> None:
+    """`grid stop` while an online prune waits for an import: the daemon stops (the prune
+    ends with an error or finishes, never hangs), and the store checks clean afterwards."""
+    before = exports(node, ["proj", "other"])
+    node.start()
+    src = node.base / "big"
+    rng = random.Random(22)
+    make_src(src, rng, 0)
+    for i in range(120):
+        (src / f"b{i}").write_bytes(rng.randbytes(1 << 20))
+    imp = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "import", "--no-cache",
+                            str(src), "big"], env=node.env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    st0 = json.loads(node.grid("store", "stat", "--json").stdout)["position"]
+    assert wait_for(lambda: json.loads(node.grid("store", "stat", "--json").stdout)["position"]
+                    > st0 + (8 << 20), timeout=60)
+    p = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "prune"], env=node.env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: _log_count(node, "prune (uid") > 0, timeout=30)
+    t0 = time.monotonic()
+    node.grid("stop")
+    assert node.proc is not None
+    node.proc.wait(timeout=60)
+    assert time.monotonic() - t0 < 30
+    p.communicate(timeout=60)
+    imp.communicate(timeout=60)
+    assert node.proc.returncode == 0, node.log.read_text()[-2000:]
+    check_clean(node)
+    assert exports(node, ["proj", "other"]) == before
