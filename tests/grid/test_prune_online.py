@@ -124,13 +124,21 @@ def test_prune_beside_mount_writer_save_and_import(node: Node) -> None:
         # an import through the daemon's block socket, racing the prune
         src = node.base / f"isrc{rnd}"
         make_src(src, rng, 8)
+        if rnd == 0:  # one import large enough to be writing for sure when prune starts
+            for i in range(40):
+                (src / f"big{i}").write_bytes(rng.randbytes(1 << 20))
+        pos0 = json.loads(node.grid("store", "stat", "--json").stdout)["position"]
         imp = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "import", "--no-cache",
                                 str(src), f"imp{rnd}"], env=node.env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         saver = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "save", sid,
                                   f"saved{rnd}"], env=node.env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.0, 0.3))
+        if rnd == 0:
+            assert wait_for(lambda p=pos0: json.loads(node.grid("store", "stat", "--json")
+                                                      .stdout)["position"] > p + (4 << 20), 60)
+        else:
+            time.sleep(rng.uniform(0.0, 0.3))
         reps.append(prune(node, "--max-unused", "0"))
         while imp.poll() is None or saver.poll() is None:  # prune again while they write
             reps.append(prune(node, "--max-unused", "0"))
