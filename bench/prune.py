@@ -20,7 +20,8 @@ For each tool:
   2. store bytes before (apparent size of every file under the repository; grid: under
      ``$GRID_HOME/store``);
   3. the measured step, each command run with ``os.sync()`` before it:
-       grid:   ``grid stop`` (not timed; import may not start a daemon, but prune refuses one),
+       grid:   ``grid stop`` (not timed; import starts no daemon: prune runs in its own process,
+               as it does whenever no daemon runs),
                ``grid forget bench --keep-last K --json``, ``grid prune --json``;
        restic: ``restic forget --keep-last K --prune``;
        borg:   ``borg prune --keep-last K REPO``, ``borg compact REPO``;
@@ -30,11 +31,11 @@ For each tool:
 Each tool's default threshold is used: restic ``--max-unused 5%``, borg compact
 ``--threshold 10``, grid ``--max-unused 10``.
 
-Grid's segments are 1 GiB by default, and prune never compacts the segment being appended to:
-a store smaller than one segment has nothing to compact. ``--grid-segments`` runs grid once per
-listed segment size in MiB (0 = grid's default, written to ``store/segment_size`` right after
-``grid init`` otherwise), so the table shows both the default and a store split into segments
-comparable to restic's 16 MiB packs / borg's segments.
+Grid's segments are 16 MiB by default (store.local.DEFAULT_SEGMENT_SIZE); prune seals the
+segment being appended to when it starts, so even a store of one segment is compacted.
+``--grid-segments`` runs grid once per listed segment size in MiB (0 = grid's default, written
+to ``store/segment_size`` right after ``grid init`` otherwise), so the table shows the default
+beside other sizes (the old default was 1 GiB).
 
 Results: a table on stdout and ``bench/out/prune.json`` (``--out``). The work directory is
 removed at the end unless ``--keep``. Page cache warm, as in bench/import.
@@ -109,7 +110,7 @@ class GridSeg(Grid):
         return m
 
     def settings(self, repo: Path) -> str:
-        seg = "1 GiB (default)" if not self.seg_mib else f"{self.seg_mib} MiB (store/segment_size)"
+        seg = "16 MiB (default)" if not self.seg_mib else f"{self.seg_mib} MiB (store/segment_size)"
         return super().settings(repo) + f"; segments {seg}; prune --max-unused 10 (default)"
 
 
@@ -277,7 +278,7 @@ def main() -> None:
                     help="fraction of the files rewritten between two snapshots")
     ap.add_argument("--only", default=",".join(TOOLS))
     ap.add_argument("--grid-segments", default="0,16",
-                    help="grid runs, one per segment size in MiB (0 = default 1 GiB)")
+                    help="grid runs, one per segment size in MiB (0 = the default, 16 MiB)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", default="/var/tmp/grid-bench-prune")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

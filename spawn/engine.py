@@ -69,6 +69,7 @@ from spawn.overlay import (
     ino_bytes,
     page_key,
 )
+from store.barrier import writer_session
 from store.base import BlockStore
 from store.btree import BTree
 from store.errors import StoreError
@@ -1064,7 +1065,14 @@ class Engine:
         transaction commits, so the overlay never names a tree that a crash could lose.
         During a save the spilled files are noted in the save window: their records then
         carry content newer than the snapshot, which the rebase keeps as it is.
+
+        It is a writer session (store.barrier): the trees it writes are named only by the
+        overlay record journaled at its end, which an online prune must see.
         """
+        with writer_session(self.store, "spill"):
+            return self._spill(target)
+
+    def _spill(self, target: int) -> int:
         per_file: dict[bytes, int] = {}
         with self._reading() as txn:
             for k, v in txn.cursor(db=self.ov.pages):

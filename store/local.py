@@ -34,6 +34,7 @@ from pathlib import Path
 import lmdb
 import zstandard
 
+from store.barrier import Gate, WriterSessions
 from store.base import BlockStore, LogRecord, StoreStats
 from store.block import Block, BlockType, check_size, check_type, references
 from store.cache import BlockCache
@@ -65,7 +66,7 @@ from store.segment import (
 log = logging.getLogger(__name__)
 
 FORMAT_LINE = "grid-store 1\n"
-DEFAULT_SEGMENT_SIZE = 1 << 30
+DEFAULT_SEGMENT_SIZE = 16 << 20  # why this size: docs/store.md, "Segment size"
 AUTO_SYNC_BYTES = 256 << 20  # bound the unindexed tail (and the work of recovery)
 _META_INDEXED_TO = b"indexed_to"
 _META_BLOCKS = b"blocks"
@@ -78,6 +79,7 @@ _MDB_MAGIC = 0xBEEFC0DE
 #: by default, so that tools and ``check`` read every block from disk).
 LEAF_CACHE_BYTES = 32 << 20
 _UNLINKED_EVERY = 2.0  # seconds between looks for segment files deleted under a running store
+MAX_READ_FDS = 256  # segment files kept open for reading; the oldest opened is closed first
 
 
 def _u64(n: int) -> bytes:
@@ -126,6 +128,15 @@ class LocalStore(BlockStore):
         # and zstd; a score names immutable content, so nothing is ever invalidated (only
         # dropped with the other cache when blocks are deleted or the index is rebuilt).
         self._leaves = BlockCache(leaf_cache_bytes)
+        # Online prune (store.barrier, docs/store.md "Online prune"): puts hold the gate
+        # shared; while prune runs, every put's score goes into the late set.
+        self._gate = Gate()
+        self.writers = WriterSessions()
+        self._late: set[bytes] | None = None
+        # Bumped when a read descriptor may close under a reader (prune removes segments, the
+        # descriptor cache evicts one): a read that fails after it moved looks again.
+        self._read_gen = 0
+        self._prune_cancel = threading.Event()  # a closing owner stops a prune before it copies
         self._puts = self._dups = self._gets = 0
         self._blocks = self._stored = self._logical = 0
         self._starts: list[int] = []
@@ -435,7 +446,16 @@ class LocalStore(BlockStore):
 
     def has(self, score: bytes) -> bool:
         self._check_open()
-        return self._locate(bytes(score)) is not None
+        score = bytes(score)
+        if self._late is None:
+            return self._locate(score) is not None
+        # While prune runs, a block found is kept: its finder may name it (store.barrier).
+        with self._gate.shared():
+            found = self._locate(score) is not None
+            late = self._late
+            if found and late is not None:
+                late.add(score)
+            return found
 
     def _put_if_absent_fast(self, score: Score) -> bool:
         self._check_open()
@@ -452,6 +472,12 @@ class LocalStore(BlockStore):
                 fd = self._read_fds.get(seg_start)
                 if fd is None:
                     fd = os.open(self._seg_path(seg_start), os.O_RDONLY)
+                    if len(self._read_fds) >= MAX_READ_FDS:
+                        # A store of many segments must not run out of descriptors. A reader
+                        # still using the evicted one fails and looks again (get).
+                        old = self._read_fds.pop(next(iter(self._read_fds)))
+                        self._read_gen += 1
+                        os.close(old)
                     self._read_fds[seg_start] = fd
         return fd
 
@@ -500,9 +526,22 @@ class LocalStore(BlockStore):
             blk = self._leaves.get(score)
         if blk is not None:
             return blk
-        loc = self._locate(score)
-        if loc is None:
-            raise BlockNotFound(score)
+        for _ in range(4):
+            gen = self._read_gen
+            loc = self._locate(score)
+            if loc is None:
+                raise BlockNotFound(score)
+            try:
+                return self._read_at(score, loc)
+            except (CorruptBlock, OSError):
+                # Prune may have removed the segment between the look-up and the read, or
+                # the descriptor was evicted and its number reused: the index names the
+                # block's current record, and a fresh descriptor reads it.
+                if self._read_gen == gen:
+                    raise
+        return self._read_at(score, self._locate(score) or _raise_not_found(score))
+
+    def _read_at(self, score: bytes, loc: Location) -> Block:
         seg = self._segment_of(loc.position)
         where = _Where(self, seg)  # formatted only if an error needs it
         total = RECORD_HEADER_SIZE + loc.stored_len
@@ -536,6 +575,16 @@ class LocalStore(BlockStore):
         return blk
 
     # -- writing ----------------------------------------------------------------------------
+
+    def put(self, btype: int, data: bytes | bytearray | memoryview) -> Score:
+        """BlockStore.put, inside the gate, noting the score in the late set while prune
+        runs (store.barrier)."""
+        with self._gate.shared():
+            score = super().put(btype, data)
+            late = self._late
+            if late is not None:
+                late.add(bytes(score))
+            return score
 
     def _store(self, score: Score, btype: BlockType, payload: bytes) -> None:
         if self.readonly:
@@ -681,6 +730,8 @@ class LocalStore(BlockStore):
             if isinstance(item, Bad):
                 if item.torn and seg == last and self.readonly:
                     return
+                if item.length == 0 and item.score is None and seg not in self.segment_starts():
+                    continue  # removed by prune while we read: its live records were copied on
                 raise CorruptBlock(
                     item.score if item.score is not None else bytes(32),
                     f"segment {self._seg_path(seg).name} at {item.position}",
@@ -693,6 +744,54 @@ class LocalStore(BlockStore):
             yield LogRecord(item.position, item.position + hdr.total_len, Score(hdr.score), BlockType(hdr.type), item.data)
 
     # -- prune (store.prune) ------------------------------------------------------------------
+
+    def begin_prune(self) -> int:
+        """Start the late set (every put from now on is noted) and return the writer-session
+        cutoff: sessions numbered below it began before prune (store.barrier)."""
+        self._check_open()
+        if self.readonly:
+            raise StoreError(f"store {self.path} is open read-only: prune needs the writer")
+        with self._wlock:
+            if self._late is not None:
+                raise StoreError(f"store {self.path}: a prune is running already")
+            self._late = set()
+        self._prune_cancel.clear()
+        return self.writers.cutoff()
+
+    def cancel_prune(self) -> None:
+        """Make a running prune stop before it changes anything (if it has not begun to copy
+        yet: compaction runs to its end). For an owner about to close the store."""
+        self._prune_cancel.set()
+
+    def prune_cancelled(self) -> bool:
+        return self._prune_cancel.is_set()
+
+    def end_prune(self) -> None:
+        with self._wlock:
+            self._late = None
+
+    def late_scores(self) -> list[bytes]:
+        """The scores put since ``begin_prune`` (call under ``exclusive`` for all of them)."""
+        with self._wlock:
+            return list(self._late or ())
+
+    def late_count(self) -> int:
+        with self._wlock:
+            return len(self._late or ())
+
+    def seal(self) -> int:
+        """Close the segment being appended to (when it holds a record) so that everything
+        written so far lies in sealed segments, and return the boundary: the start of the
+        segment now appended to. Prune chooses victims only below it."""
+        self._check_open()
+        with self._wlock:
+            if self._cur_size > SEGMENT_HEADER_SIZE:
+                self._roll()
+            return self._cur_start
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold off every put (they wait) until the block ends; reads go on."""
+        return self._gate.exclusive()
 
     def locate(self, score: bytes) -> Location | None:
         """Where the index (or the unsynced tail) has *score*'s record."""
@@ -716,6 +815,19 @@ class LocalStore(BlockStore):
             for key, val in txn.cursor():
                 yield bytes(key), Location.unpack(val)
 
+    @contextlib.contextmanager
+    def index_snapshot(self) -> Iterator[Callable[[], Iterator[int]]]:
+        """A function iterating the log positions of every committed index entry, as often
+        as wanted, all in one LMDB snapshot (so two passes see the same entries)."""
+        self._check_open()
+        with self._env.begin(db=self._db) as txn:
+
+            def positions() -> Iterator[int]:
+                for val in txn.cursor().iternext(keys=False, values=True):
+                    yield int.from_bytes(val[:8], "big")
+
+            yield positions
+
     def copy_record(self, score: bytes, loc: Location) -> Location:
         """Append a copy of the record at *loc* (the same header and stored payload) to the
         log's end; the index names the copy from the next ``sync``. For prune only: the
@@ -723,10 +835,22 @@ class LocalStore(BlockStore):
         self._check_open()
         seg = self._segment_of(loc.position)
         total = RECORD_HEADER_SIZE + loc.stored_len
-        raw = os.pread(self._read_fd(seg), total, loc.position - seg)
-        hdr = decode_record_header(raw)
-        if hdr.score != score or len(raw) != total:
-            raise CorruptBlock(score, str(_Where(self, seg)), "record does not match the index")
+        for _ in range(4):
+            gen = self._read_gen
+            try:
+                raw = os.pread(self._read_fd(seg), total, loc.position - seg)
+                hdr = decode_record_header(raw)
+                if hdr.score != score or len(raw) != total:
+                    raise CorruptBlock(score, str(_Where(self, seg)), "record does not match the index")
+                # Verified before it is copied: a bad block is never spread.
+                if score_of(hdr.type, self._decode_payload(hdr, raw[RECORD_HEADER_SIZE:])) != score:
+                    raise CorruptBlock(score, str(_Where(self, seg)))
+                break
+            except (BadRecord, CorruptBlock, OSError):
+                if self._read_gen == gen:  # not a descriptor closed under us: real damage
+                    raise
+        else:
+            raise CorruptBlock(score, str(_Where(self, seg)), "could not be read (descriptors churn)")
         with self._wlock:
             if self._cur_size + total > self.segment_size and self._cur_size > SEGMENT_HEADER_SIZE:
                 self._roll()
@@ -793,6 +917,7 @@ class LocalStore(BlockStore):
             return
         doomed = {int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw), 8)}
         with self._wlock:
+            self._read_gen += 1  # before any file goes: a reader that fails looks again
             self._starts = [x for x in self._starts if x not in doomed or x == self._cur_start]
             for x in doomed:
                 fd = self._read_fds.pop(x, None)
@@ -1253,6 +1378,10 @@ def _open_env(path: str, **kw: object) -> lmdb.Environment:
             f"cannot open the store index {path} ({why}); run `grid store check --rebuild` "
             "to recreate it from the log"
         ) from None
+
+
+def _raise_not_found(score: bytes) -> Location:
+    raise BlockNotFound(score)
 
 
 def _write_all(fd: int, *parts: bytes) -> None:

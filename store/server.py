@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
+from store.barrier import WriterSessions
 from store.base import BlockStore
 from store.errors import (
     BlockNotFound,
@@ -206,6 +207,7 @@ class _Session:
         self._ordered: asyncio.Queue[Message] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._session: tuple[WriterSessions, int] | None = None  # from the first write
 
     # -- the read loop ----------------------------------------------------------------------
 
@@ -382,6 +384,10 @@ class _Session:
             self._worker.cancel()
         for task in list(self._tasks):
             task.cancel()
+        if self._session is not None:
+            sessions, n = self._session
+            self._session = None
+            sessions.end(n)
         with contextlib.suppress(Exception):
             self.writer.close()
         with contextlib.suppress(Exception):
@@ -407,6 +413,12 @@ class _Session:
     def _write(self, msg: Twrite) -> Message:
         if self.server.read_only:
             raise _ReadOnly("this server is read-only")
+        if self._session is None:
+            # From its first write to its end a connection is a writer session (store.barrier):
+            # an import names its tree before it hangs up, and an online prune waits for it.
+            sessions = getattr(self.store, "writers", None)
+            if isinstance(sessions, WriterSessions):
+                self._session = (sessions, sessions.begin(f"block connection {self.identity or 'local'}"))
         return Rwrite(tag=msg.tag, score=self.store.put(msg.btype, msg.data))
 
     def _sync(self, msg: Message) -> Message:

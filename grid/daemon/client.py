@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from grid.errors import UserError
@@ -54,6 +55,25 @@ class DaemonClient:
         if code:
             raise DaemonError(code, value)
         return value
+
+    def call_with_notices(self, op: str, notice: Callable[[list[Any]], None], *args: Any,
+                          **kw: Any) -> Any:
+        """Like ``call``, for a request the daemon answers after notices ``[0, KIND, ...]``
+        (``prune``): each goes to *notice* as it comes."""
+        self._tag += 1
+        self.sock.sendall(encode([self._tag, op, list(args), kw]))
+        while True:
+            n = int.from_bytes(self._recv(4), "big")
+            if n > MAX_FRAME:
+                raise FrameError(f"reply of {n} bytes")
+            msg = decode(self._recv(n))
+            if msg[0] == 0:
+                notice(msg[1:])
+                continue
+            _tag, code, value = msg
+            if code:
+                raise DaemonError(code, value)
+            return value
 
     def _recv(self, n: int) -> bytes:
         buf = bytearray()

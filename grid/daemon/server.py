@@ -18,8 +18,8 @@ SFTP, control) between theirs, so every client of the spawn goes through one eng
 for its short steps, so clients keep working while the new blocks are written.
 
 Control commands (docs/daemon.md has the wire format): ``ping``, ``spawn``, ``spawns``,
-``save``, ``kill``, ``share``, ``stop``, and ``attach``, which turns the connection into a
-vfs session.
+``save``, ``kill``, ``share``, ``stop``, ``prune`` (grid.daemon.pruneop: progress notices,
+then the answer), and ``attach``, which turns the connection into a vfs session.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ class Daemon:
         self.services: list[Service] = []
         self.store: Any = None
         self.spawner: Spawner | None = None
+        self.pruning = False  # one prune at a time (grid.daemon.pruneop)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -221,6 +222,10 @@ class Daemon:
             await asyncio.to_thread(live.host.close)
             del self._live[sid]
         if self.store is not None:
+            if self.pruning:  # stop it before it copies; a copy under way runs to its end
+                self.store.cancel_prune()
+                while self.pruning:
+                    await asyncio.sleep(0.05)
             self.store.close()
         for p in (self.sock_path, self.blocks_path, self.home.pidfile):
             with contextlib.suppress(FileNotFoundError):
@@ -243,6 +248,11 @@ class Daemon:
                 if op == "attach":
                     await self._attach(uid, tag, args, kw, reader, writer)
                     break
+                if op == "prune":  # answered after progress notices (grid.daemon.pruneop)
+                    from grid.daemon import pruneop
+
+                    await pruneop.serve(self, uid, tag, args, kw, writer)
+                    continue
                 try:
                     value = await self._control(uid, op, args, kw)
                     reply = [tag, 0, value]
@@ -312,6 +322,10 @@ class Daemon:
         if op in ("attach", "stop"):
             raise Refused(errno.EINVAL, f"{op} is not for services")
         return await self._control(uid, op, list(args), kw)
+
+    def live_spawns(self) -> dict[str, _Live]:
+        """The spawns whose engines are open, by id (a copy: safe from any thread)."""
+        return dict(self._live)
 
     def user_name(self, uid: int) -> str:
         return self._user_name(uid)
@@ -393,6 +407,10 @@ class Daemon:
 
         assert self.spawner is not None
         r = await asyncio.to_thread(lambda: resolve(self.home, ref, caller(self, uid)))
+        # Asking the store also keeps the root through a prune running now (store.barrier).
+        if not await asyncio.to_thread(self.store.has, r.score):
+            raise Refused(errno.ENOENT, f"{ref}: its root {format_score(r.score)} is not in "
+                          "the store")
         owner = await asyncio.to_thread(self._user_name, uid)
         info = await asyncio.to_thread(
             self.spawner.spawn, r.name or ref, r.score, owner=owner, uid=uid)
@@ -431,26 +449,31 @@ class Daemon:
             await asyncio.to_thread(nameops.check_save, self, uid, name)  # nor a refused one
         if live.saving:
             raise Refused(errno.EBUSY, f"spawn {sid} is being saved already")
-        live.saving = True
+        # A writer session from the first block to the name (docs/store.md, "Online prune").
+        session = self.store.writers.begin(f"save of spawn {sid}")
         try:
-            prev = await asyncio.wrap_future(live.host.submit(lambda: live.engine.base))
-            t0 = time.monotonic()
-            score = await self._save(live, name or "")
-            took = time.monotonic() - t0
+            live.saving = True
+            try:
+                prev = await asyncio.wrap_future(live.host.submit(lambda: live.engine.base))
+                t0 = time.monotonic()
+                score = await self._save(live, name or "")
+                took = time.monotonic() - t0
+            finally:
+                live.saving = False
+            text = format_score(score)
+            result: dict[str, Any] = {"score": text, "prev": format_score(prev), "name": name,
+                                      "seconds": took}
+            if name is not None:
+                names = nameops.names_db(self)
+                who = await asyncio.to_thread(nameops.caller, self, uid)
+                try:  # checked again under the names file's lock
+                    rec = await asyncio.to_thread(names.set, name, text, info.owner,
+                                                  prev=format_score(prev), caller=who)
+                    result["date"] = rec.date
+                except Exception as e:  # the root is saved: say so, and why the name is not
+                    result["name_error"] = self._error("save", e)[1]
         finally:
-            live.saving = False
-        text = format_score(score)
-        result: dict[str, Any] = {"score": text, "prev": format_score(prev), "name": name,
-                                  "seconds": took}
-        if name is not None:
-            names = nameops.names_db(self)
-            who = await asyncio.to_thread(nameops.caller, self, uid)
-            try:  # checked again under the names file's lock
-                rec = await asyncio.to_thread(names.set, name, text, info.owner,
-                                              prev=format_score(prev), caller=who)
-                result["date"] = rec.date
-            except Exception as e:  # the root is saved: say so, and why the name is not
-                result["name_error"] = self._error("save", e)[1]
+            self.store.writers.end(session)
         log.info("save %s: %s -> %s (%.2f s)", sid, name or "(no name)", text, took)
         return result
 
