@@ -741,7 +741,22 @@ class LocalStore(BlockStore):
             loc = self._locate(hdr.score)
             if loc is not None and loc.position != item.position:
                 continue  # a superseded copy (prune moved the block on): its later copy is sent
+            if loc is not None and hdr.type != BlockType.DATA \
+                    and not self._children_precede(hdr.type, item.data, item.position):
+                continue  # a dead parent prune kept (docs/store.md, "Dead parents")
             yield LogRecord(item.position, item.position + hdr.total_len, Score(hdr.score), BlockType(hdr.type), item.data)
+
+    def _children_precede(self, btype: int, data: bytes, position: int) -> bool:
+        """Whether every block a record references is indexed at an earlier position: true of
+        every live record (they are appended children first, and prune moves a live parent
+        after its moved children); false of a dead parent prune left in a kept segment, whose
+        child was moved on or removed with a victim. iter_log leaves such a record out, so the
+        log it yields stays closed (a peer replaying it never meets a dangling reference)."""
+        for ref in references(btype, data):
+            loc = self._locate(ref)
+            if loc is None or loc.position >= position:
+                return False
+        return True
 
     # -- prune (store.prune) ------------------------------------------------------------------
 
