@@ -301,8 +301,17 @@ def _check_root(args: argparse.Namespace, text: str) -> None:
     if not os.access(home.store, os.R_OK | os.X_OK):
         return  # the daemon checks presence for those who cannot read the store
     from grid.storeopen import open_store
+    from store.client import RemoteError, RemoteStore
 
-    with open_store(home, readonly=True) as store:
+    # With the daemon up, ask its store: a block found there is kept by a prune running now
+    # (docs/store.md, "Online prune"); a read-only look of our own would not tell it.
+    store = None
+    if home.blocks_socket.exists():
+        try:
+            store = RemoteStore.connect_unix(str(home.blocks_socket), name="grid")
+        except (OSError, RemoteError):
+            store = None  # no daemon behind a stale socket: read the store ourselves
+    with store if store is not None else open_store(home, readonly=True) as store:
         if store.missing([score]):
             raise UserError(f"name set {args.name}",
                             f"{text} is not in this node's store (import or replicate it first)")

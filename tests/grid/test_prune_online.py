@@ -312,3 +312,25 @@ def test_daemon_stops_cleanly_during_prune(node: Node) -> None:
     assert node.proc.returncode == 0, node.log.read_text()[-2000:]
     check_clean(node)
     assert exports(node, ["proj", "other"]) == before
+
+
+def test_name_set_through_the_daemon_keeps_a_forgotten_root(node: Node) -> None:
+    """`grid name set` of a root nothing names any more, with the daemon up: the presence
+    check goes to the daemon's store (so a running prune keeps the block), an absent score
+    is refused, and the tree named again survives the next prune whole."""
+    src = node.base / "solo"
+    make_src(src, random.Random(99), 6)
+    node.grid("import", "--no-cache", str(src), "solo")
+    score = node.grid("name", "get", "solo").stdout.strip()
+    node.grid("name", "rm", "solo")
+    node.grid("forget", "solo")  # a deleted name, forgotten whole: its tree is dead now
+    node.start()
+    bad = node.grid("name", "set", "ghost", "blake3:" + "ab" * 32, check=False)
+    assert bad.returncode != 0 and "not in this node's store" in bad.stderr
+    node.grid("name", "set", "back", score)
+    rep = prune(node, "--max-unused", "0")
+    assert rep["reclaimed_bytes"] > 0  # proj's forgotten history went
+    check_clean(node)
+    d = node.base / "export-back"
+    node.grid("export", "back", str(d))
+    assert digest(d) == digest(src)
