@@ -153,13 +153,18 @@ SETTINGS = settings(
 )
 
 
-def test_sshfs_vs_disk(world: World) -> None:
+def run_model(world: World, cfg: settings = SETTINGS, min_steps: int = MIN_STEPS) -> None:
+    """The model run over *world*'s mount (also through other SSH fronts: test_sftp_openssh_model)."""
     class Machine(SshfsVsDisk):
         w = world
 
     for _ in range(3):  # a run's step count varies: another round if it fell short
-        run_state_machine_as_test(Machine, settings=SETTINGS)
-        if world.steps >= MIN_STEPS:
+        run_state_machine_as_test(Machine, settings=cfg)
+        if world.steps >= min_steps:
             break
     print(f"\nsshfs model: {world.steps} steps in {world.examples} examples")
-    assert world.steps >= MIN_STEPS, f"only {world.steps} steps ran"
+    assert world.steps >= min_steps, f"only {world.steps} steps ran"
+
+
+def test_sshfs_vs_disk(world: World) -> None:
+    run_model(world)
