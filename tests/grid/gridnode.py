@@ -4,6 +4,7 @@ process of its own, real Linux users, and the `grid` command run as any of them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
@@ -176,6 +177,16 @@ class Node:
         # mount processes exit once their mount is gone
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.base)
+
+
+def tree_digest(d: Path) -> str:
+    """One hash of a tree's paths and file contents, to compare exports."""
+    h = hashlib.sha256()
+    for p in sorted(d.rglob("*")):
+        h.update(str(p.relative_to(d)).encode() + b"\0")
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def new_node() -> Node:

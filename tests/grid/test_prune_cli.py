@@ -5,7 +5,6 @@ removal), each kill followed by check + export, and a last prune that finishes t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -17,18 +16,10 @@ import time
 from pathlib import Path
 
 from tests.grid.conftest import ROOT, run_grid
+from tests.grid.gridnode import tree_digest
 
 grid = run_grid
 SEGMENT = 96 << 10
-
-
-def _tree_digest(d: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(d.rglob("*")):
-        h.update(str(p.relative_to(d)).encode() + b"\0")
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _history(home: Path, tmp: Path, names: dict[str, int], seed: int = 7) -> None:
@@ -51,7 +42,7 @@ def _exports(home: Path, tmp: Path, names: list[str]) -> dict[str, str]:
     for n in names:
         d = tmp / f"export-{n}-{time.monotonic_ns()}"
         grid(home, "export", n, str(d))
-        out[n] = _tree_digest(d)
+        out[n] = tree_digest(d)
         shutil.rmtree(d)
     return out
 
@@ -96,8 +87,6 @@ def test_prune_keeps_what_a_spawn_holds(home, tmp_path):
     _history(home, tmp_path, {"proj": 4})
     first = json.loads(grid(home, "history", "proj", "--json").stdout)[-1]["score"]
     sid = None
-    from tests.grid.gridnode import new_node  # noqa: F401  (the daemon is not needed here)
-
     # a spawn's registry entry and overlay, made as the spawner makes them, without a daemon
     code = (
         "import sys; from pathlib import Path; from store.local import LocalStore;"

@@ -6,7 +6,6 @@ check` is clean, every retained name exports identically, and the mount reads ev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -18,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.grid.gridnode import Node, make_user, new_node, skip_without_mounts, wait_for
+from tests.grid.gridnode import (
+    Node,
+    make_user,
+    new_node,
+    skip_without_mounts,
+    tree_digest,
+    wait_for,
+)
 
 skip_without_mounts()
 
@@ -43,15 +49,6 @@ def wdata(seed: int, i: int) -> bytes:
     return random.Random(seed * 100000 + i).randbytes(60_000)
 
 
-def digest(d: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(d.rglob("*")):
-        h.update(str(p.relative_to(d)).encode() + b"\0")
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def make_src(d: Path, rng: random.Random, files: int = 10) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for i in range(files):
@@ -74,7 +71,7 @@ def exports(node: Node, names: list[str]) -> dict[str, str]:
     for n in names:
         d = node.base / f"export-{n}-{time.monotonic_ns()}"
         node.grid("export", n, str(d))
-        out[n] = digest(d)
+        out[n] = tree_digest(d)
         subprocess.run(["rm", "-rf", str(d)], check=True)
     return out
 
@@ -144,7 +141,7 @@ def test_prune_beside_mount_writer_save_and_import(node: Node) -> None:
             reps.append(prune(node, "--max-unused", "0"))
         _out, err = imp.communicate(timeout=120)
         assert imp.returncode == 0, err
-        imports[f"imp{rnd}"] = digest(src)
+        imports[f"imp{rnd}"] = tree_digest(src)
         _out, err = saver.communicate(timeout=120)
         assert saver.returncode == 0, err
         saves.append(f"saved{rnd}")
@@ -161,7 +158,7 @@ def test_prune_beside_mount_writer_save_and_import(node: Node) -> None:
     for name, want in imports.items():
         d = node.base / f"x-{name}"
         node.grid("export", name, str(d))
-        assert digest(d) == want, name
+        assert tree_digest(d) == want, name
     # the mount reads everything: the base files and every file the writers wrote
     for rnd in range(4):
         for i in range(12):
@@ -257,12 +254,11 @@ def test_sigkill_daemon_during_online_prune(node: Node) -> None:
     print(f"{kills} kills during online prunes (a whole prune took {took:.2f} s in the daemon)")
 
 
-def test_prune_waits_for_an_import_in_flight(node: Node) -> None:
-    """An import through the daemon's block socket that began before prune: prune says it
-    waits for it, and the import's whole tree survives (its name exports what was read)."""
-    node.start()
+def big_import_under_way(node: Node, seed: int) -> tuple[Path, subprocess.Popen[str]]:
+    """`grid import` of 120 MiB started in the background and already writing (its block
+    connection is a writer session) when this returns."""
     src = node.base / "big"
-    rng = random.Random(21)
+    rng = random.Random(seed)
     make_src(src, rng, 0)
     for i in range(120):
         (src / f"b{i}").write_bytes(rng.randbytes(1 << 20))
@@ -270,16 +266,23 @@ def test_prune_waits_for_an_import_in_flight(node: Node) -> None:
                             str(src), "big"], env=node.env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     st0 = json.loads(node.grid("store", "stat", "--json").stdout)["position"]
-    # the import is writing (its connection is a writer session) before prune starts
     assert wait_for(lambda: json.loads(node.grid("store", "stat", "--json").stdout)["position"]
                     > st0 + (8 << 20), timeout=60)
+    return src, imp
+
+
+def test_prune_waits_for_an_import_in_flight(node: Node) -> None:
+    """An import through the daemon's block socket that began before prune: prune says it
+    waits for it, and the import's whole tree survives (its name exports what was read)."""
+    node.start()
+    src, imp = big_import_under_way(node, 21)
     p = node.grid("prune", "--max-unused", "0", timeout=300)
     _out, err = imp.communicate(timeout=300)
     assert imp.returncode == 0, err
     assert "waiting for 1 writer(s)" in p.stderr and "block connection" in p.stderr, p.stderr
     d = node.base / "x-big"
     node.grid("export", "big", str(d))
-    assert digest(d) == digest(src)
+    assert tree_digest(d) == tree_digest(src)
     check_clean(node)
 
 
@@ -288,17 +291,7 @@ def test_daemon_stops_cleanly_during_prune(node: Node) -> None:
     ends with an error or finishes, never hangs), and the store checks clean afterwards."""
     before = exports(node, ["proj", "other"])
     node.start()
-    src = node.base / "big"
-    rng = random.Random(22)
-    make_src(src, rng, 0)
-    for i in range(120):
-        (src / f"b{i}").write_bytes(rng.randbytes(1 << 20))
-    imp = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "import", "--no-cache",
-                            str(src), "big"], env=node.env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    st0 = json.loads(node.grid("store", "stat", "--json").stdout)["position"]
-    assert wait_for(lambda: json.loads(node.grid("store", "stat", "--json").stdout)["position"]
-                    > st0 + (8 << 20), timeout=60)
+    _src, imp = big_import_under_way(node, 22)
     p = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "prune"], env=node.env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: _log_count(node, "prune (uid") > 0, timeout=30)
@@ -333,4 +326,4 @@ def test_name_set_through_the_daemon_keeps_a_forgotten_root(node: Node) -> None:
     check_clean(node)
     d = node.base / "export-back"
     node.grid("export", "back", str(d))
-    assert digest(d) == digest(src)
+    assert tree_digest(d) == tree_digest(src)
