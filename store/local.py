@@ -526,7 +526,7 @@ class LocalStore(BlockStore):
             blk = self._leaves.get(score)
         if blk is not None:
             return blk
-        for _ in range(4):
+        for attempt in range(5):
             gen = self._read_gen
             loc = self._locate(score)
             if loc is None:
@@ -537,9 +537,9 @@ class LocalStore(BlockStore):
                 # Prune may have removed the segment between the look-up and the read, or
                 # the descriptor was evicted and its number reused: the index names the
                 # block's current record, and a fresh descriptor reads it.
-                if self._read_gen == gen:
+                if self._read_gen == gen or attempt == 4:
                     raise
-        return self._read_at(score, self._locate(score) or _raise_not_found(score))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _read_at(self, score: bytes, loc: Location) -> Block:
         seg = self._segment_of(loc.position)
@@ -1393,10 +1393,6 @@ def _open_env(path: str, **kw: object) -> lmdb.Environment:
             f"cannot open the store index {path} ({why}); run `grid store check --rebuild` "
             "to recreate it from the log"
         ) from None
-
-
-def _raise_not_found(score: bytes) -> Location:
-    raise BlockNotFound(score)
 
 
 def _write_all(fd: int, *parts: bytes) -> None:
