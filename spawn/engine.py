@@ -74,6 +74,7 @@ from store.base import BlockStore
 from store.btree import BTree
 from store.errors import StoreError
 from store.hashtree import TreeReader, TreeWriter
+from store.plaincache import PlainCache, PlainRange
 from store.score import NULL_SCORE, Score
 
 ROOT_INO = 1
@@ -104,9 +105,10 @@ class FileView:
     share the engine's.
     """
 
-    def __init__(self, store: BlockStore, ov: Overlay) -> None:
+    def __init__(self, store: BlockStore, ov: Overlay, plain: PlainCache | None = None) -> None:
         self.store = store
         self.ov = ov
+        self.plain = plain  # decoded contents kept in memory files (store.plaincache)
         self._readers: dict[bytes, TreeReader] = {}
 
     def reader(self, score: Score) -> TreeReader:
@@ -123,8 +125,24 @@ class FileView:
         lim = min(end, o.base_limit)
         data = b""
         if start < lim and o.inode.content != NULL_SCORE:
-            data = self.reader(o.inode.content).read(start, lim - start)
+            r = self.reader(o.inode.content)
+            data = r.read(start, lim - start) if self.plain is None else self.plain.read(r, start, lim - start)
         return data + bytes(end - start - len(data))
+
+    def plain_range(self, txn, ino: int, o: OInode, offset: int, size: int) -> PlainRange | None:
+        """Bytes [offset, offset + size) of the file, clipped to its size, as a range of its
+        base content's decoded copy (store.plaincache), when all of them are base content
+        (no overlay page in the range, below ``base_limit``) and that content is kept
+        there; else None (``read`` them)."""
+        end = min(o.inode.size, offset + size)
+        if self.plain is None or offset >= end or end > o.base_limit or o.inode.content == NULL_SCORE:
+            return None
+        cur = txn.cursor(db=self.ov.pages)
+        if cur.set_range(page_key(ino, offset // PAGE_SIZE)):
+            k = cur.key()
+            if k.startswith(ino_bytes(ino)) and int.from_bytes(k[8:], "big") <= (end - 1) // PAGE_SIZE:
+                return None
+        return self.plain.range(self.reader(o.inode.content), offset, end - offset)
 
     def page_from(self, stored: bytes | None, o: OInode, page: int) -> bytes:
         """The page's current bytes (up to the file size), given its overlay value if any."""
@@ -285,7 +303,7 @@ class _SnapshotReader:
     def __init__(self, engine: Engine) -> None:
         self.ov = engine.ov
         self.store = engine.store
-        self.files = FileView(engine.store, engine.ov)
+        self.files = FileView(engine.store, engine.ov, engine.plain)
         self.archive: Archive | None = None
         # The base archive's inodes, decoded once: an archive never changes, so they stay
         # true for as long as the checkpoint names that base (a file the spawn changed is
@@ -294,37 +312,50 @@ class _SnapshotReader:
 
     def read(self, ino: int, offset: int, size: int) -> bytes | None:
         with self.ov.env.begin() as txn:
-            base = txn.get(b"base", db=self.ov.meta)
-            if self.archive is None or bytes(self.archive.score) != base:
-                self.archive = Archive(self.store, base)
-                self._base_inodes.clear()
-            v = txn.get(ino_bytes(ino), db=self.ov.inodes)
-            if v is not None:
-                o: OInode | None = decode_oinode(v)
-                if o is not None and o.flags & FLAG_DELETED:
-                    o = None
-            else:
-                o = self._base_inodes.get(ino)
-                if o is None:
-                    o = _get_inode(self.ov, self.archive, txn, ino)
-                    if o is not None:
-                        if len(self._base_inodes) >= _BASE_INODES:
-                            self._base_inodes.clear()
-                        self._base_inodes[ino] = o
-            if o is None or not o.inode.is_reg():
-                return None
-            return self.files.read(txn, ino, o, offset, size)
+            o = self._inode(txn, ino)
+            return None if o is None else self.files.read(txn, ino, o, offset, size)
+
+    def read_plain(self, ino: int, offset: int, size: int) -> PlainRange | None:
+        with self.ov.env.begin() as txn:
+            o = self._inode(txn, ino)
+            return None if o is None else self.files.plain_range(txn, ino, o, offset, size)
+
+    def _inode(self, txn, ino: int) -> OInode | None:
+        """The regular file *ino* as the checkpoint has it, or None (not one, or gone)."""
+        base = txn.get(b"base", db=self.ov.meta)
+        if self.archive is None or bytes(self.archive.score) != base:
+            self.archive = Archive(self.store, base)
+            self._base_inodes.clear()
+        v = txn.get(ino_bytes(ino), db=self.ov.inodes)
+        if v is not None:
+            o: OInode | None = decode_oinode(v)
+            if o is not None and o.flags & FLAG_DELETED:
+                o = None
+        else:
+            o = self._base_inodes.get(ino)
+            if o is None:
+                o = _get_inode(self.ov, self.archive, txn, ino)
+                if o is not None:
+                    if len(self._base_inodes) >= _BASE_INODES:
+                        self._base_inodes.clear()
+                    self._base_inodes[ino] = o
+        if o is None or not o.inode.is_reg():
+            return None
+        return o
 
 
 class Engine:
     """One spawn's filesystem. See the module docstring."""
 
     def __init__(self, store: BlockStore, overlay_dir: str | os.PathLike[str],
-                 base: bytes | None = None, *, overlay_limit: int | None = None) -> None:
+                 base: bytes | None = None, *, overlay_limit: int | None = None,
+                 plain_cache: PlainCache | None = None) -> None:
         """Open the spawn whose overlay is *overlay_dir*, or make a new one of *base*.
 
         *overlay_limit* bounds the bytes of file data kept in the overlay (None: no bound);
         past it, writes spill file contents into the block store (see the module docstring).
+        *plain_cache* keeps decoded base contents for reads (store.plaincache); the daemon
+        shares one among its spawns, as contents are shared.
         """
         if overlay_limit is not None and overlay_limit <= 0:
             raise ValueError("overlay_limit must be positive")
@@ -345,7 +376,8 @@ class Engine:
                 self.archive = Archive(store, have)
                 if self.ov.get_meta(txn, META_PAGE_BYTES) is None:  # an overlay from before
                     self.ov.put_u64(txn, META_PAGE_BYTES, self.ov.count_page_bytes(txn))
-        self.files = FileView(store, self.ov)  # the owner thread's reader of file bytes
+        self.plain = plain_cache  # decoded base contents, shared by the daemon's spawns
+        self.files = FileView(store, self.ov, plain_cache)  # the owner thread's reader of file bytes
         self._dirs: dict[bytes, BTree] = {}
         self._allocs: dict[bytes, int] = {}  # hash tree -> bytes of stored leaves
         self._open: dict[int, int] = {}  # ino -> open count (opens do not survive a restart)
@@ -881,6 +913,24 @@ class Engine:
                 return None
             try:
                 return r.read(ino, offset, size)
+            except Exception:  # the owner gives the proper answer (or error)
+                return None
+
+    def read_plain_snapshot(self, cred: Cred, ino: int, offset: int, size: int) -> PlainRange | None:
+        """``read_snapshot`` as a range of a decoded content (store.plaincache) that an
+        exporter can hand to the kernel: under the same conditions, and only when every
+        byte asked for is base content kept there; None otherwise (``read_snapshot`` or
+        ``read`` then). The range's bytes cannot change under it: a content never does."""
+        if self.plain is None or not self.ov.clean:
+            return None
+        r = self._snap_readers.get(threading.get_ident())
+        if r is None:
+            r = self._snap_readers[threading.get_ident()] = _SnapshotReader(self)
+        with self._snap_lock:
+            if self.ov.closed:
+                return None
+            try:
+                return r.read_plain(ino, offset, size)
             except Exception:  # the owner gives the proper answer (or error)
                 return None
 

@@ -48,6 +48,7 @@ from spawn.fusechan import FuseChannel, InitParams, inval_notices
 from spawn.vfslink import OPS
 from spawn.vfsrpc import RETRYABLE, count_opens, error_of, parse_request, touched
 from spawn.vfswire import MAX_FRAME, FrameError, decode, encode
+from store.plaincache import PlainRange
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,14 @@ class SpawnHost:
             if data is not None:
                 return data
         return await asyncio.wrap_future(self.call_future(op, cred, args, kw))
+
+    def read_plain(self, cred: Cred, ino: int, offset: int, size: int) -> PlainRange | None:
+        """A read as a range of a decoded content the caller can hand to the kernel, when
+        the read could be served without a hop (see ``call``) and its bytes are base
+        content kept in the daemon's cache; None: ``call("read", ...)`` instead."""
+        if self._stopping or self._jobs or self._in_jobs:
+            return None
+        return self.engine.read_plain_snapshot(cred, ino, offset, size)
 
     def attach(self, sock: socket.socket, *, cred: Cred, mountpoint: str = "", caching: bool = False,
                leftover: bytes = b"") -> Future[None]:

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--overlay-limit", metavar="SIZE", type=_size,
                    help="changed data a spawn keeps locally before moving it into the block "
                         "store, e.g. 8G (default: no limit)")
+    s.add_argument("--content-cache", metavar="SIZE", type=_size_or_off,
+                   help="memory for decoded file contents served again without decoding "
+                        "(9P reads go from it straight to the socket), e.g. 2G, or 0 for none "
+                        "(default: a sixteenth of the machine's memory, at most 1G)")
     s.add_argument("--9p", dest="listen_9p", metavar="HOST:PORT",
                    help="also serve 9P on TCP with TLS and grid client certificates")
     s.add_argument("--blocks", dest="listen_blocks", metavar="HOST:PORT",
@@ -152,6 +156,10 @@ def _size(text: str) -> int:
     return int(n * units[unit])
 
 
+def _size_or_off(text: str) -> int:
+    return 0 if text.strip() in ("0", "off") else _size(text)
+
+
 def human(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -203,7 +211,8 @@ def run_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     daemon = Daemon(home, Settings(spawnmax=args.spawnmax, overlay_limit=args.overlay_limit,
                                    listen_9p=args.listen_9p, listen_blocks=args.listen_blocks,
-                                   listen_ssh=args.listen_ssh))
+                                   listen_ssh=args.listen_ssh,
+                                   content_cache=args.content_cache))
 
     def ready() -> None:
         print(f"grid: node daemon for {home.root} ready on {daemon.sock_path} (pid {os.getpid()})",

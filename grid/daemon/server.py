@@ -60,6 +60,17 @@ class Settings:
     listen_9p: str | None = None  # HOST:PORT of the 9P listener (TLS, client certificates)
     listen_blocks: str | None = None  # HOST:PORT of the block listener for peers (mutual TLS)
     listen_ssh: str | None = None  # HOST:PORT of the SSH/SFTP listener
+    content_cache: int | None = None  # bytes of decoded contents kept (None: default_content_cache)
+
+
+def default_content_cache() -> int:
+    """A sixteenth of the machine's memory, at most 1 GiB: the decoded contents the daemon
+    keeps for its spawns' reads (store.plaincache)."""
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        mem = 1 << 30
+    return max(64 << 20, min(1 << 30, mem // 16))
 
 
 class Service(Protocol):
@@ -133,6 +144,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self.services: list[Service] = []
         self.store: Any = None
+        self.plain_cache: Any = None  # decoded contents for the spawns' reads (store.plaincache)
         self.spawner: Spawner | None = None
         self.pruning = False  # one prune at a time (grid.daemon.pruneop)
 
@@ -141,6 +153,7 @@ class Daemon:
     async def start(self) -> None:
         from store.errors import StoreLocked
         from store.local import LEAF_CACHE_BYTES, LocalStore
+        from store.plaincache import PlainCache
         from store.server import BlockServer
 
         self.home.run.mkdir(mode=0o711, exist_ok=True)
@@ -151,9 +164,13 @@ class Daemon:
             self.store = LocalStore.open(self.home.store, leaf_cache_bytes=LEAF_CACHE_BYTES)
         except StoreLocked as e:
             raise UserError("grid serve", f"{e} (is a node daemon already running?)") from None
-        opts = {}
+        opts: dict[str, Any] = {}
         if self.settings.overlay_limit is not None:
             opts["overlay_limit"] = self.settings.overlay_limit
+        cache = self.settings.content_cache
+        cache = default_content_cache() if cache is None else cache
+        if cache > 0:
+            self.plain_cache = opts["plain_cache"] = PlainCache(cache)  # shared, as contents are
         self.spawner = Spawner(self.store, self.home.spawns, max_per_user=self.settings.spawnmax,
                                engine_options=opts)
         with contextlib.suppress(FileNotFoundError):
@@ -399,7 +416,11 @@ class Daemon:
     async def _op_ping(self, uid: int) -> dict[str, Any]:
         from grid import __version__
 
-        return {"pid": os.getpid(), "home": str(self.home.root), "version": __version__, "uid": uid}
+        out: dict[str, Any] = {"pid": os.getpid(), "home": str(self.home.root),
+                               "version": __version__, "uid": uid}
+        if self.plain_cache is not None:
+            out["content_cache"] = self.plain_cache.statistics()
+        return out
 
     async def _op_spawn(self, uid: int, ref: str) -> dict[str, Any]:
         from grid.daemon.nameops import caller

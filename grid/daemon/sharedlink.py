@@ -14,6 +14,7 @@ from typing import Any
 
 from spawn.cred import Cred
 from spawn.host import HostClosed
+from store.plaincache import PlainRange
 
 
 def _err(code: int, what: str = "") -> OSError:
@@ -37,6 +38,10 @@ class SharedLink:
         SFTP's read-ahead uses it to know its buffer is still the file's content."""
         ov = self.live.engine.ov
         return ov.checkpoints if ov.clean and not ov.closed else None
+
+    def read_plain(self, cred: Cred, ino: int, offset: int, size: int) -> PlainRange | None:
+        """A read the kernel can serve from a decoded content, or None (spawn.host)."""
+        return self.live.host.read_plain(cred, ino, offset, size)
 
     async def call(self, op: str, cred: Cred, *args: Any, **kw: Any) -> Any:
         try:

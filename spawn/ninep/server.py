@@ -64,6 +64,7 @@ from spawn.cred import Cred
 from spawn.engine import ROOT_INO, Attr
 from spawn.fsformat import NAME_MAX
 from spawn.ninep import messages as m9
+from spawn.ninep import sendfile
 from spawn.ninep.codec import FrameBuffer, decode, encode, encode_dirent, encode_stat
 from spawn.ninep.errtext import Explained, text_of
 from spawn.ninep.fids import Fid, Listing, Opened, Turn, Turns, XattrRead, XattrWrite, fid_fields
@@ -87,6 +88,7 @@ from spawn.ninep.messages import (
     SetattrMask,
     Stat,
 )
+from spawn.ninep.sendfile import PlainRead
 from spawn.vfslink import EngineLink
 
 log = logging.getLogger(__name__)
@@ -321,6 +323,7 @@ class Session:
         self._malformed = 0
         self._closing = False
         self._batch: list[bytes] | None = None  # replies held for one write (see run)
+        self._raw_fd = sendfile.raw_fd(writer)  # for Rreads the kernel sends (spawn.ninep.sendfile)
         self.log = logging.LoggerAdapter(log, {"conn": self.id})
 
     # -- the connection ------------------------------------------------------------------
@@ -484,8 +487,13 @@ class Session:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _write(self, msg: Message, *, raw: bool = False) -> None:
+    def _write(self, msg: Message | PlainRead, *, raw: bool = False) -> None:
         """Encode and send one reply. *raw*: a Tversion answer, before any dialect."""
+        if isinstance(msg, PlainRead):
+            if not self._writer.is_closing():
+                self._send_batch()  # what was answered before goes first
+                sendfile.send(self._writer, self._raw_fd, msg)
+            return
         dialect = self.dialect or Dialect.BASE
         try:
             frame = encode(msg, dialect, msize=self.msize if not raw else m9.MAX_STRING + 64)
@@ -830,7 +838,7 @@ class Session:
 
     # -- reading and writing -----------------------------------------------------------------
 
-    async def _h_read(self, req: _Request, m: m9.Tread) -> Message:
+    async def _h_read(self, req: _Request, m: m9.Tread) -> Message | PlainRead:
         fid = self._fid(m.fid)
         count = min(m.count, self.msize - RHDR)
         x = fid.xattr
@@ -846,6 +854,11 @@ class Session:
         if o.link:  # 9P2000 has no symlinks: reading one gives its target (docs/9p.md)
             target = await self._call(fid, "readlink", fid.ino)
             return m9.Rread(tag=m.tag, data=target[m.offset:m.offset + count])
+        plain = getattr(fid.att.link, "read_plain", None)
+        if plain is not None:  # bytes the kernel can send (docs/9p.md, "Reads the kernel serves")
+            r = plain(fid.att.cred, fid.ino, m.offset, count)
+            if r is not None:
+                return PlainRead(m.tag, r)
         data = await self._call(fid, "read", fid.ino, m.offset, count)
         return m9.Rread(tag=m.tag, data=data)
 
@@ -1341,7 +1354,7 @@ class Session:
         return m9.Rgetlock(tag=m.tag, type=lk.type, start=lk.start, length=lk.length,
                            proc_id=lk.proc_id, client_id=lk.client_id)
 
-    _HANDLERS: dict[type[Message], Callable[..., Awaitable[Message]]] = {}
+    _HANDLERS: dict[type[Message], Callable[..., Awaitable[Message | PlainRead]]] = {}
 
 
 Session._HANDLERS = {

@@ -1,0 +1,258 @@
+"""Decoded file contents kept as plain bytes in memory files, for reads the kernel serves.
+
+A file's content in the store is a hash tree of compressed leaves, each verified against its
+score when read: serving a read costs a tree walk, a BLAKE3 hash and a zstd decode per leaf,
+several times what a server of plain files spends on a whole request (docs/benchmarks.md). A
+content never changes (its score names its bytes), so bytes decoded and verified once stay
+true: this cache keeps them, in one memory file (memfd) per content, filled in extents as they
+are first read. A reader then takes a range of that file: an exporter hands it to the kernel
+(``os.sendfile`` into a socket, docs/9p.md "Reads the kernel serves") or ``pread``\\s it, and
+neither decodes nor hashes again.
+
+What it keeps and for how long (docs/store.md, "Decoded contents"):
+
+* contents of at least ``min_size`` bytes only: small files are one or two leaves, which the
+  store's leaf cache already holds, and a memory file each would cost a descriptor;
+* at most ``limit`` bytes of extents filled, and ``max_entries`` contents; past either, the
+  least recently used contents are dropped whole;
+* a range handed out holds its memory file open: it stays readable after its content is
+  dropped, and the kernel frees the memory when the last holder closes it.
+
+The bytes are as trustworthy as the store's own caches in memory (the leaf and interior
+caches): verified when they entered, never read from disk again. Thread-safe: fills of one
+extent by two threads at once write the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from store.hashtree import TreeReader
+
+EXTENT = 64 << 10  # the unit filled and remembered as present
+RUN_BYTES = 1 << 20  # what a sequential read decodes at once
+MISSING, PRESENT = 0, 1  # an extent's state
+MIN_SIZE = 1 << 20
+MAX_ENTRIES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRange:
+    """Bytes [offset, offset + count) of a content, in *file* (open while this is held)."""
+
+    file: _MemFile
+    offset: int
+    count: int
+
+    def fileno(self) -> int:
+        return self.file.fd
+
+    def read(self) -> bytes:
+        """The bytes themselves (for a transport the kernel cannot send a file into)."""
+        fd = self.file.fd
+        out = os.pread(fd, self.count, self.offset)
+        while len(out) < self.count:  # a memory file reads whole; this is only prudence
+            more = os.pread(fd, self.count - len(out), self.offset + len(out))
+            if not more:
+                raise OSError("decoded content cache: short read of a memory file")
+            out += more
+        return out
+
+
+class _MemFile:
+    """An open memory file, closed when the last reference goes (the cache's or a range's)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, size: int) -> None:
+        fd = os.memfd_create("grid-content", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)  # sparse: memory is taken as extents are written
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def __del__(self) -> None:
+        if hasattr(self, "fd"):
+            os.close(self.fd)
+
+
+class _Content:
+    __slots__ = ("file", "have", "held", "next", "size")
+
+    def __init__(self, size: int) -> None:
+        self.file = _MemFile(size)
+        self.size = size
+        self.have = bytearray(-(-size // EXTENT))  # each extent's state (MISSING, ...)
+        self.held = 0  # bytes of extents filled
+        self.next = -1  # where the last read ended: a read starting there is sequential
+
+
+class PlainCache:
+    """Decoded contents by score, in memory files. See the module docstring."""
+
+    def __init__(self, limit: int, *, min_size: int = MIN_SIZE,
+                 max_entries: int = MAX_ENTRIES) -> None:
+        if limit <= 0 or max_entries <= 0 or min_size < 0:
+            raise ValueError("limit and max_entries must be positive, min_size not negative")
+        self.limit = limit
+        self.min_size = max(min_size, 1)
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, _Content] = OrderedDict()
+        self._held = 0
+        self.hits = 0  # ranges served without decoding (statistics, for tests and benches)
+        self.fills = 0  # extents decoded into the cache
+        self.disabled = not hasattr(os, "memfd_create")
+
+    @property
+    def held(self) -> int:
+        """Bytes of decoded content held."""
+        return self._held
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def statistics(self) -> dict[str, int]:
+        """What the cache holds and has done, for the daemon's status and for tests."""
+        return {"limit": self.limit, "held": self._held, "contents": len(self._entries),
+                "hits": self.hits, "fills": self.fills}
+
+    def range(self, reader: TreeReader, offset: int, count: int) -> PlainRange | None:
+        """Bytes [offset, offset + count) of *reader*'s content, clipped to its size, filled
+        from the reader where missing; None when this content is not kept here (too small,
+        larger than the whole cache, or memory files not to be had): read it from *reader*.
+        Errors of the reader (a missing or corrupt block) propagate; nothing wrong is kept.
+        A read that continues the previous one of the content decodes RUN_BYTES at once."""
+        size = reader.size
+        end = min(size, offset + count)
+        if self.disabled or size < self.min_size or size > self.limit or offset < 0 or offset >= end:
+            return None
+        key = bytes(reader.root)
+        with self._lock:
+            c = self._entries.get(key)
+            if c is not None:
+                self._entries.move_to_end(key)
+        if c is None:
+            c = self._new(key, size)
+            if c is None:
+                return None
+        first, last = offset // EXTENT, (end - 1) // EXTENT
+        if c.have.count(PRESENT, first, last + 1) == last + 1 - first:
+            self.hits += 1
+        else:
+            if offset == c.next:  # sequential: decode the next RUN_BYTES in one tree walk
+                last = max(last, min(len(c.have) - 1, first + RUN_BYTES // EXTENT - 1))
+            try:
+                self._fill(reader, c, key, first, last)
+            except _NoRoom:
+                return None
+        c.next = end
+        return PlainRange(c.file, offset, end - offset)
+
+    def read(self, reader: TreeReader, offset: int, count: int) -> bytes:
+        """The bytes of ``range``, or read from *reader* when the content is not kept."""
+        r = self.range(reader, offset, count)
+        return r.read() if r is not None else reader.read(offset, count)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._held = 0
+
+    # -- filling and dropping -----------------------------------------------------------------
+
+    def _new(self, key: bytes, size: int) -> _Content | None:
+        try:
+            c = _Content(size)
+        except OSError:  # no memory files here (or none left): serve from the reader
+            return None
+        with self._lock:
+            have = self._entries.get(key)
+            if have is not None:  # another thread made it meanwhile: use that one
+                self._entries.move_to_end(key)
+                return have
+            self._entries[key] = c
+            self._drop_over(keep=key)
+        return c
+
+    def _fill(self, reader: TreeReader, c: _Content, key: bytes, first: int, last: int) -> None:
+        """Make extents first..last present, decoding the missing ones in runs of adjacent
+        extents (one tree walk each). Two threads filling one extent at once write the same
+        bytes (a content never changes)."""
+        missing = [e for e in range(first, last + 1) if c.have[e] != PRESENT]
+        i = 0
+        while i < len(missing):
+            j = i
+            while j + 1 < len(missing) and missing[j + 1] == missing[j] + 1:
+                j += 1
+            self._decode(reader, c, key, missing[i], missing[j] + 1)
+            i = j + 1
+
+    def _decode(self, reader: TreeReader, c: _Content, key: bytes, start: int, end: int) -> None:
+        """Decode extents start..end-1 (verified, leaf by leaf) into the memory file."""
+        lo, hi = start * EXTENT, min(c.size, end * EXTENT)
+        pieces = list(reader.iter_range(lo, hi - lo))
+        if sum(map(len, pieces)) != hi - lo:
+            raise OSError(f"hash tree {reader.root.hex()[:16]} read short at {lo}")
+        try:
+            _pwrite_all(c.file.fd, pieces, lo)
+        except OSError as e:  # no memory for the file: give it up, serve from the reader
+            self._drop(key)
+            raise _NoRoom from e
+        added = 0
+        with self._lock:
+            for x in range(start, end):
+                if c.have[x] != PRESENT:
+                    c.have[x] = PRESENT
+                    added += min(EXTENT, c.size - x * EXTENT)
+            self.fills += end - start
+            c.held += added
+            if self._entries.get(key) is c:
+                self._held += added
+                self._drop_over(keep=key)
+
+    def _drop(self, key: bytes) -> None:
+        with self._lock:
+            c = self._entries.pop(key, None)
+            if c is not None:
+                self._held -= c.held
+
+    def _drop_over(self, *, keep: bytes) -> None:
+        """Drop least recently used contents (not *keep*) while over a bound. Lock held."""
+        entries = self._entries
+        while (self._held > self.limit or len(entries) > self.max_entries) and len(entries) > 1:
+            key, c = next(iter(entries.items()))
+            if key == keep:
+                entries.move_to_end(key)
+                key, c = next(iter(entries.items()))
+            del entries[key]
+            self._held -= c.held  # the file closes when its last range is let go
+
+
+class _NoRoom(Exception):
+    """A memory file could not take its bytes (out of memory): the content is dropped."""
+
+
+_IOV = 512  # buffers per pwritev (Linux takes up to 1,024)
+
+
+def _pwrite_all(fd: int, pieces: list[bytes], offset: int) -> None:
+    for i in range(0, len(pieces), _IOV):
+        group = pieces[i:i + _IOV]
+        total = sum(map(len, group))
+        n = os.pwritev(fd, group, offset)
+        if n < total:  # a memory file takes it all at once; this is only prudence
+            rest = memoryview(b"".join(group))[n:]
+            while rest:
+                k = os.pwrite(fd, rest, offset + n)
+                rest = rest[k:]
+                n += k
+        offset += total

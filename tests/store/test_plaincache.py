@@ -1,0 +1,194 @@
+"""Decoded contents in memory files (store.plaincache): every range equals the hash tree's
+bytes, the bounds hold, a range outlives its content's eviction, a corrupt leaf is an error
+and leaves nothing wrong behind, and threads reading at once all see the right bytes. A real
+LocalStore with real hash trees."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from store.errors import CorruptBlock
+from store.hashtree import TreeReader, write_bytes
+from store.local import LocalStore
+from store.plaincache import EXTENT, RUN_BYTES, PlainCache, PlainRange
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    LocalStore.create(tmp_path / "s")
+    s = LocalStore.open(tmp_path / "s")
+    yield s
+    s.close()
+
+
+def content(seed: int, size: int) -> bytes:
+    """Half random, half zeros (holes in the tree), in 100 KiB stripes: leaves of both
+    kinds and extent boundaries that fall inside leaves."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.randbytes(50 << 10) + bytes(50 << 10)
+    return bytes(out[:size])
+
+
+def tree(store: LocalStore, data: bytes) -> TreeReader:
+    return TreeReader(store, write_bytes(store, data).score)
+
+
+def test_ranges_equal_the_tree_at_every_kind_of_offset(store: LocalStore) -> None:
+    data = content(1, 3 * MIB + 12345)
+    r = tree(store, data)
+    pc = PlainCache(64 * MIB)
+    rnd = random.Random(2)
+    cases = [(0, 1), (0, EXTENT), (EXTENT - 1, 2), (EXTENT, EXTENT), (len(data) - 10, 100),
+             (len(data) - 1, 1), (MIB - 5, MIB + 10), (0, len(data) + 1)]
+    cases += [(rnd.randrange(len(data)), rnd.randrange(1, 3 * EXTENT)) for _ in range(300)]
+    for off, n in cases:
+        got = pc.range(r, off, n)
+        assert got is not None
+        want = data[off:off + n]
+        assert got.count == len(want) and got.read() == want, (off, n)
+        assert pc.read(r, off, n) == want
+    assert pc.hits > 0 and pc.fills > 0
+    assert pc.held == len(data)  # every extent was read by now, each counted once
+
+
+def test_what_is_not_kept(store: LocalStore) -> None:
+    small = tree(store, content(3, MIB - 1))
+    big = tree(store, content(4, 5 * MIB))
+    pc = PlainCache(4 * MIB)
+    assert pc.range(small, 0, 100) is None  # below min_size: the leaf cache's business
+    assert pc.range(big, 0, 100) is None  # larger than the whole cache
+    ok = tree(store, content(5, 2 * MIB))
+    assert pc.range(ok, 2 * MIB, 10) is None  # at or past the end: nothing to send
+    assert pc.range(ok, -1, 10) is None
+    assert pc.range(ok, 10, 0) is None
+    # read() falls back to the tree for all of them
+    assert pc.read(small, 5, 10) == small.read(5, 10)
+    assert pc.read(big, MIB, 10) == big.read(MIB, 10)
+    assert len(pc) == 0 and pc.held == 0
+    with pytest.raises(ValueError):
+        PlainCache(0)
+
+
+def test_sequential_reads_decode_a_run_at_once(store: LocalStore) -> None:
+    data = content(6, 4 * MIB)
+    r = tree(store, data)
+    pc = PlainCache(64 * MIB)
+    n = 65512  # what a 64 KiB msize asks for: never aligned to extents
+    off = 0
+    while off < len(data):
+        assert pc.range(r, off, n).read() == data[off:off + n]  # type: ignore[union-attr]
+        off += n
+    runs = len(data) // RUN_BYTES
+    assert pc.fills == len(data) // EXTENT
+    assert pc.hits >= len(data) // n - 2 * runs  # most requests found their bytes there
+
+
+def test_bounds_drop_least_recently_used_and_ranges_outlive_them(store: LocalStore) -> None:
+    readers = [tree(store, content(10 + i, 2 * MIB)) for i in range(4)]
+    pc = PlainCache(5 * MIB)
+    held_before = _open_fds()
+    first = pc.range(readers[0], 0, 2 * MIB)
+    assert first is not None
+    for r in readers[1:3]:
+        pc.range(r, 0, 2 * MIB)
+    # the third did not fit beside the first two: the first (least recently used) went
+    assert len(pc) == 2 and pc.held == 4 * MIB
+    pc.range(readers[0], 0, 10)  # back, one extent of it: now the second is the oldest
+    pc.range(readers[3], 0, 2 * MIB)
+    assert pc.held <= 5 * MIB and len(pc) == 3
+    stats = pc.statistics()
+    assert stats["contents"] == 3 and stats["held"] == pc.held
+    fills = pc.fills
+    pc.range(readers[2], 0, 2 * MIB)  # kept: no decoding
+    assert pc.fills == fills
+    pc.range(readers[1], 0, 10)  # dropped: decoded again
+    assert pc.fills == fills + 1
+    # the range taken before the first content was dropped still reads, and right
+    assert first.read() == readers[0].read(0, 2 * MIB)
+    del first
+    pc.clear()
+    assert _open_fds() <= held_before  # every memory file closed once nothing holds it
+
+    few = PlainCache(64 * MIB, max_entries=2)
+    for r in readers:
+        few.range(r, 0, 10)
+    assert len(few) == 2
+
+
+def test_a_corrupt_leaf_is_an_error_and_nothing_wrong_is_kept(tmp_path: Path) -> None:
+    LocalStore.create(tmp_path / "s")
+    store = LocalStore.open(tmp_path / "s")
+    data = os.urandom(2 * MIB)
+    ref = write_bytes(store, data)
+    store.close()
+    # flip a byte in the middle of the data: a leaf of the second MiB, not the tree's root
+    seg = max((tmp_path / "s").rglob("*.seg"), key=lambda p: p.stat().st_size, default=None)
+    assert seg is not None, list((tmp_path / "s").rglob("*"))
+    raw = bytearray(seg.read_bytes())
+    pos = raw.find(data[MIB + 4096:MIB + 4096 + 64])
+    assert pos > 0
+    raw[pos + 10] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    store = LocalStore.open(tmp_path / "s")
+    try:
+        r = TreeReader(store, ref.score)
+        pc = PlainCache(64 * MIB)
+        assert pc.range(r, 0, 4096).read() == data[:4096]  # type: ignore[union-attr]
+        for _ in range(2):  # and again: the failed extents were not marked present
+            with pytest.raises(CorruptBlock):
+                pc.range(r, MIB, MIB)
+        assert pc.range(r, 100, 1000).read() == data[100:1100]  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_threads_reading_at_once_see_the_right_bytes(store: LocalStore) -> None:
+    datas = [content(20 + i, 3 * MIB) for i in range(3)]
+    readers_data = [(write_bytes(store, d).score, d) for d in datas]
+    pc = PlainCache(6 * MIB)  # not all of it fits: drops happen while others read
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        rnd = random.Random(seed)
+        mine = [(TreeReader(store, s), d) for s, d in readers_data]  # a reader per thread
+        for _ in range(150):
+            r, d = rnd.choice(mine)
+            off = rnd.randrange(len(d))
+            n = rnd.randrange(1, 4 * EXTENT)
+            got = pc.range(r, off, n)
+            if got is None or got.read() != d[off:off + n]:
+                errors.append(f"seed {seed} at {off}+{n}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert pc.held <= 6 * MIB
+
+
+def test_a_range_is_what_sendfile_sends(store: LocalStore, tmp_path: Path) -> None:
+    data = content(30, 2 * MIB)
+    pc = PlainCache(64 * MIB)
+    got = pc.range(tree(store, data), 12345, MIB)
+    assert isinstance(got, PlainRange)
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        sent = 0
+        while sent < got.count:
+            sent += os.sendfile(f.fileno(), got.fileno(), got.offset + sent, got.count - sent)
+    assert out.read_bytes() == data[12345:12345 + MIB]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
