@@ -244,3 +244,48 @@ def test_over_tls_the_same_bytes(env: Env) -> None:
             await c.close()
 
     _run(body())
+
+
+def test_pipelined_requests_keep_their_order_around_reads_from_memory(env: Env) -> None:
+    """In one write: read, write the same range through another fid, read again, clunk,
+    read the clunked fid. The second read sees the write (it waits behind it: nothing is
+    answered from memory while a request is in flight), the last one is refused, and every
+    reply comes in the order asked."""
+    sid = env.node.grid("spawn", "-q", "tree", user=env.alice).stdout.strip()
+    from spawn.ninep.codec import encode
+    from spawn.ninep.messages import Dialect
+
+    async def body() -> None:
+        c, root = await _attached(env, sid=sid)
+        try:
+            r = await c.walk_open(root, b"big")
+            w = await c.walk_open(root, b"big", os.O_RDWR)
+            assert await c.read(r, 0, 10) == FILES["big"][:10]  # in memory from here on
+            patch = b"X" * 4096
+            msgs = [m9.Tread(tag=700, fid=r, offset=MIB, count=8192),
+                    m9.Twrite(tag=701, fid=w, offset=MIB, data=patch),
+                    m9.Tread(tag=702, fid=r, offset=MIB, count=8192),
+                    m9.Tclunk(tag=703, fid=r),
+                    m9.Tread(tag=704, fid=r, offset=0, count=10)]
+            c.send_raw(b"".join(encode(m, Dialect.LINUX) for m in msgs))
+            await asyncio.wait_for(_until(lambda: sum(1 for t, _ in c.received if 700 <= t <= 704) == 5), 30)
+            got = {t: m for t, m in c.received if 700 <= t <= 704}
+            big = FILES["big"]
+            assert got[700].data == big[MIB:MIB + 8192]
+            assert got[701].count == len(patch)
+            assert got[702].data == patch + big[MIB + 4096:MIB + 8192]
+            assert isinstance(got[703], m9.Rclunk)
+            assert isinstance(got[704], m9.Rlerror)
+            order = [t for t, _ in c.received if 700 <= t <= 704]
+            assert order.index(701) < order.index(702) and order.index(703) < order.index(704)
+            await c.clunk(w)
+        finally:
+            await c.close()
+
+    _run(body())
+    env.node.grid("kill", "--force", sid, user=env.alice)
+
+
+async def _until(pred) -> None:
+    while not pred():
+        await asyncio.sleep(0.01)
