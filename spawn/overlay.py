@@ -315,9 +315,11 @@ class Overlay:
         except BaseException:
             txn.abort()
             raise
+        # The count first: a reader that sees ``clean`` and the same count as before knows
+        # nothing was committed in between (SharedLink.snapshot, SFTP's read-ahead).
+        self.checkpoints += 1
         self.clean = True
         self.journal.reset()
-        self.checkpoints += 1
 
     def sync(self) -> None:
         """fsync: every operation so far survives a machine crash (the journal's flush)."""
