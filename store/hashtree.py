@@ -245,6 +245,16 @@ class TreeReader:
         return b"".join(self.iter_range(offset, length))
 
     def iter_range(self, offset: int, length: int | None = None) -> Iterator[bytes]:
+        for piece in self.iter_pieces(offset, length):
+            if isinstance(piece, int):
+                yield from _zeros(piece)
+            else:
+                yield piece
+
+    def iter_pieces(self, offset: int, length: int | None = None) -> Iterator[bytes | int]:
+        """The range's bytes in pieces, in order: a leaf's bytes, or for a hole (a
+        NULL_SCORE leaf) the number of zero bytes it stands for, so that a caller writing
+        into a sparse file can leave holes as holes."""
         if offset < 0:
             raise ValueError("negative offset")
         end = self.size if length is None else min(self.size, offset + length)
@@ -270,7 +280,7 @@ class TreeReader:
             raise InvalidBlock("hash tree pointer does not match its parent entry")
         return node
 
-    def _iter_node(self, node: PointerNode, start: int, end: int) -> Iterator[bytes]:
+    def _iter_node(self, node: PointerNode, start: int, end: int) -> Iterator[bytes | int]:
         first = bisect.bisect_right(node.starts, start) - 1
         for i in range(first, len(node.children)):
             child, size, lo = node.children[i], node.sizes[i], node.starts[i]
@@ -279,7 +289,7 @@ class TreeReader:
                 return
             a, b = max(start, lo) - lo, min(end, hi) - lo
             if child == NULL_SCORE:
-                yield from _zeros(b - a)
+                yield b - a
             elif node.depth == 1:
                 blk = self.store.get(child)
                 if blk.type != BlockType.DATA or len(blk.data) != size:

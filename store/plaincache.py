@@ -199,14 +199,27 @@ class PlainCache:
     def _decode(self, reader: TreeReader, c: _Content, key: bytes, start: int, end: int) -> None:
         """Decode extents start..end-1 (verified, leaf by leaf) into the memory file."""
         lo, hi = start * EXTENT, min(c.size, end * EXTENT)
-        pieces = list(reader.iter_range(lo, hi - lo))
-        if sum(map(len, pieces)) != hi - lo:
-            raise OSError(f"hash tree {reader.root.hex()[:16]} read short at {lo}")
+        # Runs of leaves are written as they come; a hole is skipped (the memory file
+        # reads zeros there, and keeps no memory for them).
+        pos, run, at = lo, [], lo
         try:
-            _pwrite_all(c.file.fd, pieces, lo)
+            for piece in reader.iter_pieces(lo, hi - lo):
+                if isinstance(piece, int):
+                    if run:
+                        _pwrite_all(c.file.fd, run, at)
+                        run = []
+                    pos += piece
+                    at = pos
+                else:
+                    run.append(piece)
+                    pos += len(piece)
+            if run:
+                _pwrite_all(c.file.fd, run, at)
         except OSError as e:  # no memory for the file: give it up, serve from the reader
             self._drop(key)
             raise _NoRoom from e
+        if pos != hi:
+            raise OSError(f"hash tree {reader.root.hex()[:16]} read short at {lo}")
         added = 0
         with self._lock:
             for x in range(start, end):
