@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import lmdb
 
@@ -903,6 +904,20 @@ class Engine:
         before it). The reader has its own transaction, file view and archive (their caches
         are not thread-safe; the block store is), one per calling thread. Like ``read``, it
         checks nothing about *cred*: reads go through a handle an open checked."""
+        return self._from_snapshot(_SnapshotReader.read, ino, offset, size)
+
+    def read_plain_snapshot(self, cred: Cred, ino: int, offset: int, size: int) -> PlainRange | None:
+        """``read_snapshot`` as a range of a decoded content (store.plaincache) that an
+        exporter can hand to the kernel: under the same conditions, and only when every
+        byte asked for is base content kept there; None otherwise (``read_snapshot`` or
+        ``read`` then). The range's bytes cannot change under it: a content never does."""
+        if self.plain is None:
+            return None
+        return self._from_snapshot(_SnapshotReader.read_plain, ino, offset, size)
+
+    def _from_snapshot(self, how: Callable[..., Any], ino: int, offset: int, size: int) -> Any:
+        """*how* (a ``_SnapshotReader`` method) by this thread's reader, if the overlay is
+        clean and open; None otherwise or if it fails (the owner then answers)."""
         if not self.ov.clean:
             return None
         r = self._snap_readers.get(threading.get_ident())
@@ -912,25 +927,7 @@ class Engine:
             if self.ov.closed:
                 return None
             try:
-                return r.read(ino, offset, size)
-            except Exception:  # the owner gives the proper answer (or error)
-                return None
-
-    def read_plain_snapshot(self, cred: Cred, ino: int, offset: int, size: int) -> PlainRange | None:
-        """``read_snapshot`` as a range of a decoded content (store.plaincache) that an
-        exporter can hand to the kernel: under the same conditions, and only when every
-        byte asked for is base content kept there; None otherwise (``read_snapshot`` or
-        ``read`` then). The range's bytes cannot change under it: a content never does."""
-        if self.plain is None or not self.ov.clean:
-            return None
-        r = self._snap_readers.get(threading.get_ident())
-        if r is None:
-            r = self._snap_readers[threading.get_ident()] = _SnapshotReader(self)
-        with self._snap_lock:
-            if self.ov.closed:
-                return None
-            try:
-                return r.read_plain(ino, offset, size)
+                return how(r, ino, offset, size)
             except Exception:  # the owner gives the proper answer (or error)
                 return None
 
