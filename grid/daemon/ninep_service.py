@@ -40,7 +40,8 @@ from grid.daemon.sharedlink import SharedLink
 from spawn.cred import Cred
 from spawn.ninep.locks import LockTable
 from spawn.ninep.messages import NONUNAME
-from spawn.ninep.server import STREAM_LIMIT, Attachment, Peer, Resolver, Session
+from spawn.ninep.server import Session
+from spawn.ninep.session import STREAM_LIMIT, Attachment, Peer, Resolver
 from spawn.spawner import SpawnError
 
 log = logging.getLogger("grid.daemon.9p")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from spawn.engine import Attr
 
 if TYPE_CHECKING:
-    from spawn.ninep.server import Attachment
+    from spawn.ninep.session import Attachment
 
 
 @dataclass(slots=True)

@@ -19,7 +19,8 @@ from spawn.engine import Engine
 from spawn.importer import Importer
 from spawn.ninep.client import Client
 from spawn.ninep.locks import LockTable
-from spawn.ninep.server import Attachment, Limits, Listener, Peer, serve_tcp, serve_unix
+from spawn.ninep.server import Listener, serve_tcp, serve_unix
+from spawn.ninep.session import Attachment, Limits, Peer
 from spawn.vfslink import LocalLink
 from store.local import LocalStore
 

@@ -13,7 +13,7 @@ from spawn.cred import ROOT
 from spawn.ninep import messages as m9
 from spawn.ninep.client import Flushed
 from spawn.ninep.messages import LockFlags, LockStatus, LockType
-from spawn.ninep.server import Limits
+from spawn.ninep.session import Limits
 from tests.spawn.ninep_env import eventually, run, served
 
 

@@ -1,4 +1,4 @@
-"""Requests run where they arrive (spawn.ninep.server, ``Session._start``): a request that
+"""Requests run where they arrive (spawn.ninep.session, ``SessionCore._start``): a request that
 needs no wait is answered inline, in arrival order, without a task; one that waits goes on in
 a task from where it stopped, with the same context, and Tflush still finds it there.
 Real sockets, a real engine (tests/spawn/ninep_env.py)."""
@@ -123,7 +123,7 @@ def test_flush_of_a_request_that_began_inline_and_waits(tmp_path):
 def test_a_burst_beyond_the_request_limit_still_answers_everything(tmp_path):
     """More pipelined requests in one write than the session's request slots: the read
     loop waits for a slot with the replies already made sent, not held."""
-    from spawn.ninep.server import Limits
+    from spawn.ninep.session import Limits
 
     async def body():
         async with served(tmp_path, limits=Limits(max_requests=4)) as env:

@@ -17,7 +17,8 @@ from spawn.ninep.client import ServerError
 from spawn.ninep.codec import encode
 from spawn.ninep.locks import EOF, LockTable
 from spawn.ninep.messages import Dialect, GetattrMask, LockFlags, LockStatus, LockType, SetattrMask
-from spawn.ninep.server import V9FS_MAGIC, XATTR_CREATE, XATTR_REPLACE
+from spawn.ninep.requests_linux import V9FS_MAGIC
+from spawn.ninep.session import XATTR_CREATE, XATTR_REPLACE
 from tests.spawn.ninep_env import GID, UID, eventually, run, served
 
 

@@ -20,7 +20,7 @@ from spawn.ninep import messages as m9
 from spawn.ninep.client import ServerError, blank_stat
 from spawn.ninep.codec import encode
 from spawn.ninep.messages import NOFID, NOTAG, Dialect
-from spawn.ninep.server import MSIZE, Limits, negotiate
+from spawn.ninep.session import MSIZE, Limits, negotiate
 from tests.spawn.ninep_env import BIG, GID, UID, eventually, run, served
 
 DIALECTS = [b"9P2000", b"9P2000.u", b"9P2000.L"]
