@@ -289,3 +289,29 @@ def test_pipelined_requests_keep_their_order_around_reads_from_memory(env: Env) 
 async def _until(pred) -> None:
     while not pred():
         await asyncio.sleep(0.01)
+
+
+def test_the_cache_can_be_turned_off_and_a_bad_size_is_refused(tmp_path) -> None:
+    n = new_node()
+    try:
+        n.init()
+        bad = n.grid("serve", "--content-cache", "lots", check=False)
+        assert bad.returncode == 2 and "not a size: 'lots'" in bad.stderr
+        n.import_shared(n.write_tree({"big": FILES["big"]}), "t")
+        n.start("--content-cache", "0")
+        sid = n.grid("spawn", "-q", "t").stdout.strip()
+        with DaemonClient(n.home / "run" / "grid.sock", timeout=10) as c:
+            assert "content_cache" not in c.call("ping")
+        e = Env(n, None, 0, sid)  # type: ignore[arg-type]
+
+        async def body() -> None:
+            c, root = await _attached(e)
+            try:
+                fid = await c.walk_open(root, b"big")
+                assert await c.read_all(fid) == FILES["big"]  # read by the engine, as before
+            finally:
+                await c.close()
+
+        _run(body())
+    finally:
+        n.close()
