@@ -413,15 +413,41 @@ def bench_tool(tool: Tool, work: Path, tree: Path, orig: Path, small: Path,
     return res
 
 
-def prepare_workdir(work: Path) -> None:
-    """Make ``work`` ours and empty: refuse a non-empty directory we did not make."""
+def prepare_workdir(work: Path, marker: str = MARKER, bench: str = "bench/import") -> None:
+    """Make ``work`` ours and empty: refuse a non-empty directory we did not make (one
+    without *marker*)."""
     if work.exists():
-        if any(work.iterdir()) and not (work / MARKER).exists():
-            sys.exit(f"bench/import: {work} exists, is not empty and is not a bench work "
+        if any(work.iterdir()) and not (work / marker).exists():
+            sys.exit(f"{bench}: {work} exists, is not empty and is not a bench work "
                      "directory; choose another --workdir")
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    (work / MARKER).write_text("grid bench/import work directory; safe to delete\n")
+    (work / marker).write_text(f"grid {bench} work directory; safe to delete\n")
+
+
+def machine_info(**more: Any) -> dict[str, Any]:
+    """The machine a result was measured on (the JSON document's ``machine``)."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30),
+            **more}
+
+
+def skipped(tool: Tool) -> dict[str, Any] | None:
+    """The result row of a tool that cannot run here (said on the terminal), or None."""
+    why = tool.unavailable()
+    if not why:
+        return None
+    print(f"  {tool.name}: skipped: {why}", flush=True)
+    return {"tool": tool.name, "available": False, "reason": why}
+
+
+def save_results(doc: dict[str, Any], out: str, show: Any) -> None:
+    """Write the JSON document to *out*, then print it with *show*."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    show(doc)
+    print(f"\nresults: {path}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,10 +596,8 @@ def main() -> None:
 
         rows: list[dict[str, Any]] = []
         for tool in tools:
-            why = tool.unavailable()
-            if why:
-                print(f"  {tool.name}: skipped: {why}", flush=True)
-                rows.append({"tool": tool.name, "available": False, "reason": why})
+            if (row := skipped(tool)) is not None:
+                rows.append(row)
                 continue
             rows.append(bench_tool(tool, work, tree, orig, small,
                                    (big_info.files, big_info.logical_bytes),
@@ -585,9 +609,7 @@ def main() -> None:
         doc: dict[str, Any] = {
             "benchmark": "bench/import",
             "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                        / (1 << 30)},
+            "machine": machine_info(),
             "page_cache": "warm (trees just written; cache not dropped between steps)",
             "big_tree": {**big_info.as_dict(), "gib": args.gib},
             "small_tree": small_info.as_dict(),
@@ -598,11 +620,7 @@ def main() -> None:
             "results": rows,
         }
         doc["targets"] = targets(rows)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-        print_tables(doc)
-        print(f"\nresults: {out}")
+        save_results(doc, args.out, print_tables)
     finally:
         if args.keep:
             print(f"kept {work}")

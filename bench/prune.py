@@ -47,7 +47,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -66,8 +65,12 @@ from import_bench import (
     StepFailed,
     Tool,
     dir_bytes,
+    machine_info,
+    prepare_workdir,
     quick,
     run_measured,
+    save_results,
+    skipped,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -192,17 +195,6 @@ def bench_tool(tool: Tool, work: Path, tree: Path, orig: Path, snapshots: int,
     return res
 
 
-def prepare_workdir(work: Path) -> None:
-    """Make ``work`` ours and empty: refuse a non-empty directory we did not make."""
-    if work.exists():
-        if any(work.iterdir()) and not (work / MARKER).exists():
-            sys.exit(f"bench/prune: {work} exists, is not empty and is not a bench work "
-                     "directory; choose another --workdir")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / MARKER).write_text("grid bench/prune work directory; safe to delete\n")
-
-
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / MIB:.1f}"
 
@@ -292,7 +284,7 @@ def main() -> None:
     segs = [int(s) for s in args.grid_segments.split(",") if s.strip()]
 
     work = Path(args.workdir).resolve()
-    prepare_workdir(work)
+    prepare_workdir(work, MARKER, "bench/prune")
     tools: list[Tool] = []
     for n in names:
         if n == "grid":
@@ -308,10 +300,8 @@ def main() -> None:
         shutil.copytree(tree, orig)
         rows: list[dict[str, Any]] = []
         for tool in tools:
-            why = tool.unavailable()
-            if why:
-                print(f"  {tool.name}: skipped: {why}", flush=True)
-                rows.append({"tool": tool.name, "available": False, "reason": why})
+            if (row := skipped(tool)) is not None:
+                rows.append(row)
                 continue
             rows.append(bench_tool(tool, work, tree, orig, args.snapshots, args.change,
                                    args.keep_last))
@@ -321,12 +311,8 @@ def main() -> None:
         doc: dict[str, Any] = {
             "benchmark": "bench/prune",
             "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                        / (1 << 30),
-                        "loadavg_before": load_before,
-                        "uptime_after": subprocess.run(["uptime"], capture_output=True,
-                                                       text=True).stdout.strip()},
+            "machine": machine_info(loadavg_before=load_before, uptime_after=subprocess.run(
+                ["uptime"], capture_output=True, text=True).stdout.strip()),
             "tree": {**info.as_dict(), "mib": args.mib},
             "snapshots": args.snapshots, "keep_last": args.keep_last,
             "change_fraction": args.change, "change_seed": CHANGE_SEED,
@@ -334,11 +320,7 @@ def main() -> None:
             "results": rows,
         }
         doc["goal"] = goal(rows)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-        print_table(doc)
-        print(f"\nresults: {out}")
+        save_results(doc, args.out, print_table)
     finally:
         if args.keep:
             print(f"kept {work}")
