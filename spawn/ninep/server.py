@@ -60,7 +60,21 @@ from spawn.ninep.requests_9p2000 import Plan9Requests
 from spawn.ninep.requests_common import CommonRequests
 from spawn.ninep.requests_linux import LinuxRequests
 from spawn.ninep.sendfile import PlainRead
-from spawn.ninep.session import STREAM_LIMIT, Limits, Peer, Resolver
+from spawn.ninep.session import (
+    MSIZE,
+    STREAM_LIMIT,
+    Attachment,
+    Limits,
+    Peer,
+    Resolver,
+    SessionStatistics,
+    negotiate,
+)
+
+# What users of the server name (the session's own pieces are in spawn.ninep.session).
+__all__ = ["MSIZE", "STREAM_LIMIT", "Attachment", "Limits", "Listener", "Peer", "Resolver",
+           "ResolverFactory", "Session", "SessionStatistics", "negotiate", "serve_tcp",
+           "serve_unix"]
 
 
 class Session(CommonRequests, Plan9Requests, LinuxRequests):
