@@ -315,3 +315,42 @@ def test_the_cache_can_be_turned_off_and_a_bad_size_is_refused(tmp_path) -> None
         _run(body())
     finally:
         n.close()
+
+
+def test_a_burst_of_reads_with_a_write_inside_is_answered_in_order(env: Env) -> None:
+    """Forty Treads in one write, a Twrite of the range they read as the twenty-first:
+    the reads before it are answered from memory where they arrive, the write stops that
+    (it waits for the spawn's host), and the reads after it see the written bytes."""
+    sid = env.node.grid("spawn", "-q", "tree", user=env.alice).stdout.strip()
+    from spawn.ninep.codec import encode
+    from spawn.ninep.messages import Dialect
+
+    async def body() -> None:
+        c, root = await _attached(env, sid=sid)
+        try:
+            r = await c.walk_open(root, b"other")
+            w = await c.walk_open(root, b"other", os.O_RDWR)
+            await c.read(r, 0, 10)
+            patch = b"Y" * 1000
+            msgs: list[m9.Message] = [m9.Tread(tag=800 + i, fid=r, offset=MIB, count=3000)
+                                      for i in range(20)]
+            msgs.append(m9.Twrite(tag=820, fid=w, offset=MIB, data=patch))
+            msgs += [m9.Tread(tag=821 + i, fid=r, offset=MIB, count=3000) for i in range(20)]
+            c.send_raw(b"".join(encode(m, Dialect.LINUX) for m in msgs))
+            await asyncio.wait_for(
+                _until(lambda: sum(1 for t, _ in c.received if 800 <= t <= 840) == 41), 30)
+            got = {t: m for t, m in c.received if 800 <= t <= 840}
+            old = FILES["other"][MIB:MIB + 3000]
+            new = patch + old[1000:]
+            assert all(got[800 + i].data == old for i in range(20))
+            assert got[820].count == 1000
+            assert all(got[821 + i].data == new for i in range(20))
+            order = [t for t, _ in c.received if 800 <= t <= 840]
+            assert order == sorted(order)
+            await c.clunk(w)
+            await c.clunk(r)
+        finally:
+            await c.close()
+
+    _run(body())
+    env.node.grid("kill", "--force", sid, user=env.alice)
