@@ -237,7 +237,7 @@ class NamespaceLink:
         if len(data) > MAX_COMMAND:
             raise Explained(errno.EINVAL, f"a command is one line of at most {MAX_COMMAND} bytes")
         try:
-            words = data.decode("utf-8").split()
+            words = str(data, "utf-8").split()  # data may be a view (spawn.ninep.receiver)
         except UnicodeDecodeError:
             raise Explained(errno.EINVAL, "a command is UTF-8 text") from None
         if ino == CTL:

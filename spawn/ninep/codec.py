@@ -84,12 +84,13 @@ def _qid(t: int, version: int, path: int) -> Qid:
 class _Cursor:
     """A read position in one frame; every overrun is the peer's fault."""
 
-    __slots__ = ("buf", "end", "pos")
+    __slots__ = ("buf", "end", "pos", "views")
 
-    def __init__(self, buf: bytes | memoryview, pos: int, end: int) -> None:
+    def __init__(self, buf: bytes | memoryview, pos: int, end: int, views: bool = False) -> None:
         self.buf = buf
         self.pos = pos
         self.end = end
+        self.views = views
 
     def need(self, n: int, what: str) -> int:
         pos = self.pos
@@ -169,7 +170,8 @@ class _Variable:
         elif wire is Wire.DATA:
             (n,) = _U32.unpack_from(buf, cur.need(4, name))
             start = cur.need(n, name)
-            into[name] = bytes(buf[start : start + n])
+            # a view when decoding views (see decode), else a copy
+            into[name] = buf[start : start + n] if cur.views else bytes(buf[start : start + n])
         elif wire is Wire.NAMES or wire is Wire.QIDS:
             (n,) = _U16.unpack_from(buf, cur.need(2, name))
             if n > MAXWELEM:
@@ -273,11 +275,16 @@ def encode(msg: Message, dialect: Dialect, *, msize: int = MAX_FRAME) -> bytes:
     return b"".join(out)
 
 
-def decode(frame: bytes | bytearray | memoryview, dialect: Dialect) -> Message:
+def decode(frame: bytes | bytearray | memoryview, dialect: Dialect, *,
+           views: bool = False) -> Message:
     """The message in one whole frame (as FrameBuffer.next_frame returns it).
 
     Raises RemoteProtocolError for anything but exactly one valid message of ``dialect``;
     the error carries the frame's tag and type once the header is read.
+
+    *views*: data fields (a Twrite's or Rread's bytes) are memoryviews of *frame* rather
+    than copies: for a caller that owns the frame and never changes it afterwards (the
+    server's large frames, spawn/ninep/receiver.py).
     """
     n = len(frame)
     if n < HEADER_SIZE:
@@ -294,7 +301,7 @@ def decode(frame: bytes | bytearray | memoryview, dialect: Dialect) -> Message:
         raise RemoteProtocolError(
             f"{cls.__name__} is not part of {dialect.value}", tag=tag, type=mtype
         )
-    cur = _Cursor(frame, HEADER_SIZE, n)
+    cur = _Cursor(memoryview(frame) if views else frame, HEADER_SIZE, n, views)
     values: _Values = {"tag": tag}
     try:
         _PLANS[cls, dialect].decode(cur, values)

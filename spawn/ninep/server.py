@@ -3,7 +3,7 @@
 One :class:`Session` serves one connection (a Unix socket, a TLS stream, a test's pipe); it
 is :class:`spawn.ninep.session.SessionCore` (the connection) with the requests of
 spawn/ninep/requests_common.py, requests_9p2000.py and requests_linux.py. It splits the
-stream into frames (``spawn.ninep.codec.FrameBuffer``), decodes each in the
+stream into frames (``spawn.ninep.receiver.FrameReceiver``), decodes each in the
 dialect Tversion chose, runs each request (where it arrives as far as it goes without waiting,
 then in a task of its own), and writes the replies.
 Everything a file *is* comes from the engine through an :class:`~spawn.vfslink.EngineLink`;

@@ -1,8 +1,8 @@
 """One 9P connection: its frames, its requests in flight, Tflush, and its replies.
 
 :class:`SessionCore` is the part of a 9P server session that knows nothing of what a request
-does: it splits the stream into frames, decodes each in the dialect Tversion chose, starts each
-request where it arrives (as far as it goes without waiting, then in a task of its own), keeps
+does: it receives the stream as whole frames (spawn/ninep/receiver.py), decodes each in the
+dialect Tversion chose, starts each request where it arrives (as far as it goes without waiting, then in a task of its own), keeps
 the per-fid turns, answers Tflush as flush(5) says, and writes the replies. The requests
 themselves are methods of the classes built on it (spawn/ninep/requests_common.py,
 requests_9p2000.py, requests_linux.py), put together as ``spawn.ninep.server.Session``,
@@ -28,7 +28,7 @@ from spawn.cred import Cred
 from spawn.engine import ROOT_INO, Attr
 from spawn.ninep import messages as m9
 from spawn.ninep import sendfile
-from spawn.ninep.codec import FrameBuffer, decode, encode
+from spawn.ninep.codec import decode, encode
 from spawn.ninep.errtext import Explained, text_of
 from spawn.ninep.fids import Fid, Turn, Turns, XattrWrite, fid_fields
 from spawn.ninep.locks import LockTable
@@ -44,15 +44,16 @@ from spawn.ninep.messages import (
     Qid,
     RemoteProtocolError,
 )
+from spawn.ninep.receiver import FrameReceiver
 from spawn.ninep.sendfile import PlainRead
 from spawn.vfslink import EngineLink
 
 log = logging.getLogger(__name__)
 
 MSIZE = (1 << 20) + IOHDRSZ  # what we offer: 1 MiB of data per Tread/Twrite
-#: How much a connection's StreamReader buffers before it stops reading the socket (asyncio
-#: stops at twice this): a whole frame of our msize, so that a 1 MiB Twrite arrives in a few
-#: reads, not in 64 KiB ones with the socket paused and resumed between them.
+#: How much a connection buffers before it stops reading the socket: the StreamReader's
+#: limit until the session starts (asyncio stops at twice this), then the whole frames
+#: waiting for a request slot (spawn.ninep.receiver): one frame of our msize.
 STREAM_LIMIT = MSIZE
 MIN_MSIZE = 512  # the least a server may be configured with (a walk of 16 names fits)
 #: The least msize a client may ask for, as diod accepts small ones: every reply is cut to
@@ -249,7 +250,7 @@ class SessionCore:
         self._reader = reader
         self._writer = writer
         self._resolve = resolve
-        self._buf = FrameBuffer(self.limits.msize)
+        self._rx = FrameReceiver.take(reader, writer, self.limits.msize, STREAM_LIMIT)
         self.dialect: Dialect | None = None
         self.msize = self.limits.msize
         self._fids: dict[int, Fid] = {}
@@ -279,21 +280,18 @@ class SessionCore:
         """End the session: stop reading; ``run`` then cleans up and returns."""
         self._closing = True
         self._writer.close()
-        with contextlib.suppress(Exception):
-            self._reader.feed_eof()
+        self._rx.feed_eof()
 
     async def run(self) -> None:
         """Serve the connection until EOF, a broken frame or ``close()``."""
         self.log.debug("9P connection %d from %s", self.id, self.peer)
         try:
             while not self._closing:
-                data = await self._reader.read(STREAM_LIMIT)
-                if not data:
+                if not await self._rx.wait():
                     break
-                self._buf.receive_data(data)
-                self._batch = []  # replies of this chunk's requests go out in one write
+                self._batch = []  # replies of the requests here now go out in one write
                 try:
-                    while not self._closing and (frame := self._buf.next_frame()) is not None:
+                    while not self._closing and (frame := self._rx.next_frame()) is not None:
                         if (frame[4] == MessageType.TREAD and len(frame) == _TREAD_SIZE
                                 and not self._requests and self._read_now(frame)):
                             continue
@@ -317,13 +315,14 @@ class SessionCore:
                 await self._writer.wait_closed()
             self.log.debug("9P connection %d ended", self.id)
 
-    async def _receive(self, frame: bytes) -> None:
+    async def _receive(self, frame: bytes | bytearray) -> None:
         """Take one frame: decode it, handle Tversion and Tflush at once, start a task for
         anything else (after a request slot is free: the limit pushes back here)."""
         self._received += 1
         dialect = self.dialect or Dialect.BASE
         try:
-            msg = decode(frame, dialect)
+            # a Twrite's data as a view of the frame, which is ours alone (no copy)
+            msg = decode(frame, dialect, views=True)
         except RemoteProtocolError as e:
             self._bad_frame(e)
             return
@@ -408,7 +407,7 @@ class SessionCore:
             return
         self.dialect = dialect
         self.msize = msize
-        self._buf.max_size = msize
+        self._rx.max_size = msize
         self._write(m9.Rversion(tag=m.tag, msize=msize, version=dialect.wire))
 
     async def _reset(self) -> None:
