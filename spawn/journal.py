@@ -8,7 +8,7 @@ leave the database corrupt, not merely behind.
 
 So operations accumulate in one LMDB write transaction, which is committed (with its flush)
 now and then: a *checkpoint*. Every operation, before it returns, appends its writes to this
-journal with a plain ``writev(2)`` (no flush): once in the kernel's page cache it survives a SIGKILL of
+journal with a plain ``pwritev(2)`` (no flush): once in the kernel's page cache it survives a SIGKILL of
 the process, and a background thread flushes the journal to disk every
 ``FLUSH_INTERVAL`` seconds (and ``fsync`` flushes it at once), so a machine crash loses at
 most the last second or so of un-fsync'd operations. On open, the records after the last
@@ -110,7 +110,8 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # no O_APPEND: records go at ``size``, which a reset that keeps the file sets back to 0
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
         self._dirty = False
         self._lock = threading.Lock()  # flush vs close
@@ -122,11 +123,12 @@ class Journal:
     def append(self, seq: int, entries: list[Entry]) -> None:
         parts = record_parts(seq, entries)
         total = sum(map(len, parts))
-        n = os.writev(self.fd, parts) if len(parts) <= _IOV_MAX else 0
+        at = self.size
+        n = os.pwritev(self.fd, parts, at) if len(parts) <= _IOV_MAX else 0
         if n < total:  # many entries (past IOV_MAX), or a short write: the rest in one piece
             rec = b"".join(parts)
             while n < total:
-                n += os.write(self.fd, rec[n:])
+                n += os.pwrite(self.fd, rec[n:], at + n)
         self.size += total
         self._dirty = True
 
@@ -137,9 +139,17 @@ class Journal:
                 self._dirty = False
                 os.fdatasync(self.fd)
 
-    def reset(self) -> None:
-        """Empty the journal: a checkpoint now holds everything it had."""
-        os.ftruncate(self.fd, 0)
+    def reset(self, *, keep: bool = False) -> None:
+        """Empty the journal: a checkpoint now holds everything it had.
+
+        *keep*: leave the file as it is and write the next records over its start (the
+        checkpoints inside a burst of writes). Truncating gives the file's pages and blocks
+        back, and the burst's next records then pay for new ones: writing a MiB into pages
+        the file already has took a third of the time (docs/benchmarks.md, "9P writes: fewer
+        copies"). What is left after the new records is older than the checkpoint, which
+        replay skips by sequence number or stops at (as for a lost truncation)."""
+        if not keep:
+            os.ftruncate(self.fd, 0)
         self.size = 0
         self._dirty = False
 

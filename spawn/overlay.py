@@ -291,7 +291,7 @@ class Overlay:
                     self.page_bytes = _U64.unpack(value)[0]
         if (self.journal.size >= CHECKPOINT_BYTES
                 or time.monotonic() - self._since >= CHECKPOINT_SECONDS):
-            self.checkpoint()
+            self.checkpoint(keep_journal=True)  # inside a burst: its file is written over
 
     def _drop_empty(self) -> None:
         """End the owner's transaction, which holds no change (it was begun by the
@@ -301,9 +301,10 @@ class Overlay:
             txn.abort()
         self.clean = True
 
-    def checkpoint(self) -> None:
-        """Commit the owner's transaction with a flush; the journal starts afresh. Owner
-        thread only. Afterwards other threads' read transactions see everything."""
+    def checkpoint(self, *, keep_journal: bool = False) -> None:
+        """Commit the owner's transaction with a flush; the journal starts afresh (with
+        *keep_journal*, over its old file: spawn.journal ``reset``). Owner thread only.
+        Afterwards other threads' read transactions see everything."""
         if self._txn is None:
             return
         if self._txn_thread != threading.get_ident():
@@ -319,7 +320,7 @@ class Overlay:
         # nothing was committed in between (SharedLink.snapshot, SFTP's read-ahead).
         self.checkpoints += 1
         self.clean = True
-        self.journal.reset()
+        self.journal.reset(keep=keep_journal)
 
     def sync(self) -> None:
         """fsync: every operation so far survives a machine crash (the journal's flush)."""
