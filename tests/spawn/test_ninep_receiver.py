@@ -125,6 +125,39 @@ def test_broken_size_after_good_frames(size):
     run(body())
 
 
+def test_a_large_frame_buffer_is_used_again_only_when_nothing_holds_it():
+    """The buffer of a large frame is received into again for a later frame of its size
+    once nothing holds it; while a decoded Twrite's data (a view) or the frame itself is
+    held, the next frame gets a new buffer and the held bytes stay as they were."""
+    rx = FrameReceiver(_NoTransport(), None, MSIZE, MSIZE)
+    one, two, three = (twrite(i, bytes([i]) * (BIG * 2)) for i in (1, 2, 3))
+    # each in two receives: a frame whose start alone is here goes to a buffer of its own
+    # (one that is here whole is copied out of the shared buffer)
+    rx.feed(one[:100])
+    rx.feed(one[100:])
+    frame = rx.next_frame()
+    assert type(frame) is bytearray
+    data = decode(frame, L, views=True).data  # a view of the frame, as the server keeps it
+    first = id(frame)
+    del frame
+    rx.feed(two[:100])
+    rx.feed(two[100:])
+    second = rx.next_frame()
+    assert id(second) != first and bytes(data) == bytes([1]) * (BIG * 2)  # held: not reused
+    del data
+    again = id(second)
+    del second
+    rx.feed(three[:100])
+    rx.feed(three[100:])
+    third = rx.next_frame()
+    assert id(third) == again and bytes(third) == three  # nothing held it: received into again
+    four = twrite(4, b"z" * (BIG * 3))
+    rx.feed(four[:100])
+    rx.feed(four[100:])
+    assert bytes(rx.next_frame()) == twrite(4, b"z" * (BIG * 3))  # another size: a new one
+    assert bytes(third) == three
+
+
 def test_max_size_lowered_after_version():
     rx = FrameReceiver(_NoTransport(), None, MSIZE, MSIZE)
     rx.max_size = 8192
