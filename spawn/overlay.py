@@ -57,7 +57,7 @@ CHECKPOINT_SECONDS = 5.0  # commit the owner's transaction at least this often (
 #: 512 MiB of 4 KiB pages) before it starts spilling them to the file, and the journal's
 #: bytes are about the transaction's dirty data bytes (every put's value, once); a quarter
 #: of that room is left for B-tree pages. A burst of writes up to this size is absorbed at
-#: the journal's speed (one writev(2) each, flushed by a background thread), and its commit
+#: the journal's speed (one pwritev(2) each, flushed by a background thread), and its commit
 #: comes later (idle, timer); fewer, larger commits also cost less per byte than many small
 #: ones (docs/benchmarks.md, "9P: requests served where they arrive").
 CHECKPOINT_BYTES = 384 << 20
