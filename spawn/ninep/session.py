@@ -2,8 +2,9 @@
 
 :class:`SessionCore` is the part of a 9P server session that knows nothing of what a request
 does: it receives the stream as whole frames (spawn/ninep/receiver.py), decodes each in the
-dialect Tversion chose, starts each request where it arrives (as far as it goes without waiting, then in a task of its own), keeps
-the per-fid turns, answers Tflush as flush(5) says, and writes the replies. The requests
+dialect Tversion chose, starts each request where it arrives (as far as it goes without
+waiting, then in a task of its own), keeps the per-fid turns, answers Tflush as flush(5) says,
+and writes the replies. The requests
 themselves are methods of the classes built on it (spawn/ninep/requests_common.py,
 requests_9p2000.py, requests_linux.py), put together as ``spawn.ninep.server.Session``,
 whose ``_HANDLERS`` maps each request type to its method. docs/9p.md, "Server".
