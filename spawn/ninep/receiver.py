@@ -117,7 +117,7 @@ class FrameReceiver(asyncio.BufferedProtocol):
         if self._ready:
             frame = self._ready.popleft()
             self._ready_bytes -= len(frame)
-            if self._paused and self._ready_bytes < self.limit and not self._eof:
+            if self._paused and self._ready_bytes <= self.limit and not self._eof:
                 self._paused = False
                 self._transport.resume_reading()
             return frame
@@ -162,7 +162,7 @@ class FrameReceiver(asyncio.BufferedProtocol):
         else:
             self._end += nbytes
             self._split()
-        if self._ready_bytes >= self.limit and not self._paused:
+        if self._ready_bytes > self.limit and not self._paused:
             self._paused = True
             self._transport.pause_reading()
         self._wake()

@@ -194,6 +194,17 @@ def test_frames_not_taken_pause_the_socket():
     run(body())
 
 
+def test_one_frame_of_the_limit_does_not_pause():
+    """A frame as large as the limit (a Twrite filling the msize) waiting alone does not
+    stop the socket: only more than the limit does."""
+    frame = twrite(1, b"q" * (MSIZE - 23))
+    assert len(frame) == MSIZE
+    rx = FrameReceiver(_NoTransport(), None, MSIZE, MSIZE)  # pausing would raise
+    rx.feed(frame[:10])
+    rx.feed(frame[10:])
+    assert bytes(rx.next_frame()) == frame
+
+
 def test_what_the_reader_held_comes_first():
     """Bytes the StreamReader buffered before the session took the connection over are the
     stream's start."""
