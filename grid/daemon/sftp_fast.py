@@ -1,0 +1,177 @@
+"""SFTP READs answered in the request reader, from the handle's read-ahead buffer
+(docs/ssh.md, "The read fast path").
+
+asyncssh's SFTP handler (``asyncssh.sftp.SFTPServerHandler``) serves a session one request
+at a time: it asks its reader for the next packet only once it has written the reply to the
+last one. sshfs reads a file in 32 KiB READs, and most of them are answered from the
+handle's read-ahead buffer (grid.daemon.sftp, ``GridSFTPServer.cached``); for those the
+handler's per-request work (packet objects, dispatch, logging calls, the coroutine chain to
+the server and back) was most of the daemon's time per READ, and a READ's time is what
+sshfs waits for before it sends the next ones (docs/benchmarks.md, "sshfs reads: the fast
+path").
+
+:class:`RequestReader` is the handler's reader. At each packet boundary it looks at the
+requests already received: a READ whose reply the read-ahead buffer holds *now* (the spawn's
+committed state unchanged since the buffer was read) is answered here, with the bytes the
+handler would have sent for it; any other packet goes to the handler unchanged. What stays
+the handler's, so nothing about it changes:
+
+* every request that is not such a READ: opens, closes, writes, READs on handles that are
+  not this session's or are closed (asyncssh's "invalid handle"), malformed packets (its
+  errors), READs the buffer does not hold (the engine's read, its errors);
+* the handle table: a READ's handle is looked up in the handler's own table
+  (``SFTPServerHandler._file_handles``, not a public API: :func:`handle_table` checks it is
+  there, and without it every READ goes to the handler); a handle is in it from the OPEN's
+  reply until its CLOSE is processed, and only for the session that opened it.
+
+Order: a request is answered here only when the handler is waiting for its next packet, so
+every earlier request's reply has been written: replies leave in request order, as before
+(sshfs matches replies by id, but other clients may rely on order; the SFTP draft lets a
+server reorder only requests on different files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from asyncssh.constants import FXP_DATA, FXP_READ, FXP_STATUS
+from asyncssh.sftp import SFTPEOFError
+
+#: A READ packet's fixed part: type, id, the handle's length (then the handle, an offset and
+#: a length). Anything longer than this with a handle is not a READ sshfs would send.
+_READ_HEAD = struct.Struct(">BII")
+_READ_TAIL = struct.Struct(">QI")
+_DATA_HEAD = struct.Struct(">IBII")  # packet length, SSH_FXP_DATA, id, the data's length
+#: The reply asyncssh sends for a READ at or past the end of the file (SSH_FXP_STATUS,
+#: SSH_FX_EOF, no message, its default language), after the length, type and id.
+_EOF_BODY = SFTPEOFError().encode(3)
+_STATUS_HEAD = struct.Struct(">IBI")
+#: A READ is at most this long (4 + 1 + 4 + 4 + a 256-byte handle + 8 + 4): longer packets go
+#: to the handler without being waited for whole.
+_READ_MAX = 281
+#: Bytes asked of the source per read: requests are ~29 bytes, sshfs keeps a few in flight.
+_CHUNK = 1 << 16
+
+
+class Source(Protocol):
+    """Where requests come from: asyncio.StreamReader or asyncssh's SSHReader."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class Server(Protocol):
+    def cached(self, file_obj: Any, offset: int, size: int) -> bytes | None: ...
+
+
+def handle_table(handler: Any) -> Mapping[bytes, Any] | None:
+    """asyncssh's table of the session's open file handles, or None when this asyncssh has
+    none where 2.24 keeps it (then nothing is answered in the reader). Read anew at every
+    packet: asyncssh replaces the dict when the session ends."""
+    table = getattr(handler, "_file_handles", None)
+    return table if isinstance(table, dict) else None
+
+
+class RequestReader:
+    """The SFTP handler's reader over *source*, answering the READs it can (module
+    docstring). *write* sends reply bytes (in order with the handler's own, which go through
+    the same writer); *drain* waits while too many replies are unread by the client (the
+    handler never waits itself); *extra* answers ``get_extra_info``."""
+
+    def __init__(self, source: Source, write: Callable[[bytes], None],
+                 drain: Callable[[], Awaitable[None]], server: Server, logger: Any,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self.source = source
+        self.write = write
+        self.drain = drain
+        self.server = server
+        self.logger = logger
+        self.extra = dict(extra or {})
+        self.handler: Any = None  # set once the handler exists; None: nothing answered here
+        self.answered = 0  # READs answered here (tests and benchmarks look)
+        self._buf = bytearray()
+        self._pos = 0
+        self._in_packet = 0  # bytes of the current packet the handler has yet to take
+        self._eof = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+    async def readexactly(self, n: int) -> bytes:
+        """asyncssh reads a packet as its 4-byte length, then its body: at that boundary the
+        READs this reader can answer are answered first."""
+        if n == 4 and self._in_packet == 0:
+            await self._answer_ready()
+            await self._fill(4)
+            self._in_packet = int.from_bytes(self._buf[self._pos:self._pos + 4], "big")
+            return self._take(4)
+        await self._fill(n)
+        self._in_packet = max(0, self._in_packet - n)
+        return self._take(n)
+
+    async def _answer_ready(self) -> None:
+        """Answer the READs at the head of the buffer, waiting for more bytes only to see
+        whether the next packet is one, until the head is a packet for the handler."""
+        while True:
+            await self.drain()
+            if not await self._fill(5, at_eof=False):
+                return
+            pos = self._pos
+            plen = int.from_bytes(self._buf[pos:pos + 4], "big")
+            if self._buf[pos + 4] != FXP_READ or plen > _READ_MAX - 4 or self.handler is None:
+                return
+            if not await self._fill(4 + plen, at_eof=False):
+                return
+            reply = self._answer(memoryview(self._buf)[pos + 4:pos + 4 + plen])
+            if reply is None:
+                return
+            self._pos += 4 + plen
+            self.write(reply)
+            self.answered += 1
+
+    def _answer(self, pkt: memoryview) -> bytes | None:
+        """The reply to READ packet *pkt* (type onward) from the read-ahead buffer, or None
+        for the handler: not exactly a READ's fields, a handle the handler's table does not
+        hold, or bytes the buffer does not hold now."""
+        if len(pkt) < _READ_HEAD.size:
+            return None
+        _, pktid, hlen = _READ_HEAD.unpack_from(pkt)
+        if len(pkt) != _READ_HEAD.size + hlen + _READ_TAIL.size:
+            return None
+        table = handle_table(self.handler)
+        if table is None:
+            return None
+        file_obj = table.get(bytes(pkt[_READ_HEAD.size:_READ_HEAD.size + hlen]))
+        if file_obj is None:
+            return None
+        offset, size = _READ_TAIL.unpack_from(pkt, _READ_HEAD.size + hlen)
+        data = self.server.cached(file_obj, offset, size)
+        if data is None:
+            return None
+        if not data:
+            return _STATUS_HEAD.pack(5 + len(_EOF_BODY), FXP_STATUS, pktid) + _EOF_BODY
+        return _DATA_HEAD.pack(9 + len(data), FXP_DATA, pktid, len(data)) + data
+
+    async def _fill(self, n: int, *, at_eof: bool = True) -> bool:
+        """At least *n* bytes buffered past the read position. At the end of the stream:
+        False, or with *at_eof* the IncompleteReadError asyncssh takes as the session's end."""
+        while len(self._buf) - self._pos < n:
+            if self._eof:
+                if not at_eof:
+                    return False
+                raise asyncio.IncompleteReadError(bytes(self._buf[self._pos:]), n)
+            if self._pos:
+                del self._buf[:self._pos]
+                self._pos = 0
+            chunk = await self.source.read(max(_CHUNK, n))
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+        return True
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[self._pos:self._pos + n])
+        self._pos += n
+        return out
