@@ -178,6 +178,8 @@ class SFTPSocketService:
             handler = SFTPServerHandler(server, reader, out, 3)  # type: ignore[arg-type]
             reader.handler = handler
             await handler.run()
+            log.info("sftp: session for uid %d ended; %d READs answered from read-ahead "
+                     "buffers by the request reader", uid, reader.answered)
         finally:
             out.close()
             rtrans.close()
