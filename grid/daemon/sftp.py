@@ -464,6 +464,12 @@ class GridSFTPServer(asyncssh.SFTPServer):
         h.next_off = offset + size
         return data[:size]
 
+    def joinable(self, file_obj: _Handle) -> bool:
+        """May WRITEs on this handle at contiguous offsets be made as one write
+        (grid.daemon.sftp_fast)? Not when opened for appending: each such WRITE goes to the
+        end as it is then, which the reader does not know."""
+        return not file_obj.append
+
     async def write(self, file_obj: _Handle, offset: int, data: bytes) -> int:  # type: ignore[override]
         return await file_obj.link.call("write", file_obj.ino, offset, data,
                                         append=file_obj.append)

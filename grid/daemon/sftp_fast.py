@@ -37,7 +37,7 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from asyncssh.constants import FXP_DATA, FXP_READ, FXP_STATUS
+from asyncssh.constants import FXP_DATA, FXP_READ, FXP_STATUS, FXP_WRITE
 from asyncssh.sftp import SFTPEOFError
 
 #: A READ packet's fixed part: type, id, the handle's length (then the handle, an offset and
@@ -52,8 +52,17 @@ _STATUS_HEAD = struct.Struct(">IBI")
 #: A READ is at most this long (4 + 1 + 4 + 4 + a 256-byte handle + 8 + 4): longer packets go
 #: to the handler without being waited for whole.
 _READ_MAX = 281
-#: Bytes asked of the source per read: requests are ~29 bytes, sshfs keeps a few in flight.
-_CHUNK = 1 << 16
+#: Bytes asked of the source per read: all it has buffered, so that the WRITEs already
+#: received can be seen together.
+_CHUNK = 1 << 20
+_WRITE_HEAD = struct.Struct(">BII")  # type, id, the handle's length (then the handle,
+_WRITE_MID = struct.Struct(">QI")  # an offset and the data's length, then the data)
+#: A WRITE considered for joining is at most this long (larger ones go to the handler
+#: without being waited for whole), and one joined write at most _JOIN_MAX bytes.
+_WRITE_MAX = (256 << 10) + 512
+_JOIN_MAX = 1 << 20
+#: asyncssh's reply to a request that succeeded (SSH_FX_OK, an empty message and language).
+_OK_BODY = struct.pack(">III", 0, 0, 0)
 
 
 class Source(Protocol):
@@ -64,6 +73,10 @@ class Source(Protocol):
 
 class Server(Protocol):
     def cached(self, file_obj: Any, offset: int, size: int) -> bytes | None: ...
+
+    def joinable(self, file_obj: Any) -> bool: ...
+
+    async def write(self, file_obj: Any, offset: int, data: bytes) -> int: ...
 
 
 def handle_table(handler: Any) -> Mapping[bytes, Any] | None:
@@ -91,6 +104,8 @@ class RequestReader:
         self.extra = dict(extra or {})
         self.handler: Any = None  # set once the handler exists; None: nothing answered here
         self.answered = 0  # READs answered here (tests and benchmarks look)
+        self.joined = 0  # WRITEs answered here, as parts of joined writes
+        self._to_handler = 0  # WRITEs to hand over one by one (their joined write failed)
         self._buf = bytearray()
         self._pos = 0
         self._in_packet = 0  # bytes of the current packet the handler has yet to take
@@ -101,35 +116,95 @@ class RequestReader:
 
     async def readexactly(self, n: int) -> bytes:
         """asyncssh reads a packet as its 4-byte length, then its body: at that boundary the
-        READs this reader can answer are answered first."""
+        READs and WRITEs this reader can answer are answered first."""
         if n == 4 and self._in_packet == 0:
             await self._answer_ready()
             await self._fill(4)
             self._in_packet = int.from_bytes(self._buf[self._pos:self._pos + 4], "big")
+            if self._to_handler and len(self._buf) > self._pos + 4 \
+                    and self._buf[self._pos + 4] == FXP_WRITE:
+                self._to_handler -= 1
             return self._take(4)
         await self._fill(n)
         self._in_packet = max(0, self._in_packet - n)
         return self._take(n)
 
     async def _answer_ready(self) -> None:
-        """Answer the READs at the head of the buffer, waiting for more bytes only to see
-        whether the next packet is one, until the head is a packet for the handler."""
+        """Answer the READs and join the WRITEs at the head of the buffer, waiting for more
+        bytes only to see whether the next packet is one, until the head is a packet for the
+        handler."""
         while True:
             await self.drain()
-            if not await self._fill(5, at_eof=False):
+            if self.handler is None or not await self._fill(5, at_eof=False):
                 return
             pos = self._pos
             plen = int.from_bytes(self._buf[pos:pos + 4], "big")
-            if self._buf[pos + 4] != FXP_READ or plen > _READ_MAX - 4 or self.handler is None:
+            ptype = self._buf[pos + 4]
+            if ptype == FXP_READ and plen <= _READ_MAX - 4:
+                if not await self._fill(4 + plen, at_eof=False):
+                    return
+                reply = self._answer(memoryview(self._buf)[pos + 4:pos + 4 + plen])
+                if reply is None:
+                    return
+                self._pos += 4 + plen
+                self.write(reply)
+                self.answered += 1
+            elif ptype == FXP_WRITE and plen <= _WRITE_MAX and not self._to_handler:
+                if not await self._fill(4 + plen, at_eof=False) or not await self._join():
+                    return
+            else:
                 return
-            if not await self._fill(4 + plen, at_eof=False):
-                return
-            reply = self._answer(memoryview(self._buf)[pos + 4:pos + 4 + plen])
-            if reply is None:
-                return
-            self._pos += 4 + plen
-            self.write(reply)
-            self.answered += 1
+
+    async def _join(self) -> bool:
+        """The WRITEs at the head of the buffer that are to one handle at contiguous offsets,
+        as one write of the server's, then each one's OK reply, in order. False, with nothing
+        consumed, when fewer than two are there or the handle is not for joining (not in the
+        handler's table, or opened for appending); False too when the joined write fails:
+        those WRITEs then go to the handler one by one, each with its own outcome (a failed
+        engine write changes nothing, spawn.overlay)."""
+        table = handle_table(self.handler)
+        if table is None:
+            return False
+        spans: list[tuple[int, int, int]] = []  # (id, data start, data end) in the buffer
+        pos, end = self._pos, len(self._buf)
+        file_obj: Any = None
+        handle, start, nxt = b"", 0, 0
+        with memoryview(self._buf) as buf:
+            while pos + 5 <= end and buf[pos + 4] == FXP_WRITE:
+                plen = int.from_bytes(buf[pos:pos + 4], "big")
+                if pos + 4 + plen > end or plen < _WRITE_HEAD.size:
+                    break
+                _, pktid, hlen = _WRITE_HEAD.unpack_from(buf, pos + 4)
+                mid = pos + 4 + _WRITE_HEAD.size + hlen
+                if mid + _WRITE_MID.size > pos + 4 + plen:
+                    break
+                offset, dlen = _WRITE_MID.unpack_from(buf, mid)
+                if mid + _WRITE_MID.size + dlen != pos + 4 + plen:
+                    break  # not exactly a WRITE's fields: the handler's to refuse
+                h = bytes(buf[pos + 4 + _WRITE_HEAD.size:mid])
+                if not spans:
+                    file_obj = table.get(h)
+                    if file_obj is None or not self.server.joinable(file_obj):
+                        return False
+                    handle, start, nxt = h, offset, offset
+                elif h != handle or offset != nxt or nxt - start + dlen > _JOIN_MAX:
+                    break
+                spans.append((pktid, mid + _WRITE_MID.size, pos + 4 + plen))
+                nxt += dlen
+                pos += 4 + plen
+            if len(spans) < 2:
+                return False
+            data = b"".join([buf[a:b] for _, a, b in spans])
+        try:
+            await self.server.write(file_obj, start, data)
+        except Exception:
+            self._to_handler = len(spans)
+            return False
+        self._pos = pos
+        for pktid, _, _ in spans:
+            self.write(_STATUS_HEAD.pack(5 + len(_OK_BODY), FXP_STATUS, pktid) + _OK_BODY)
+        self.joined += len(spans)
+        return True
 
     def _answer(self, pkt: memoryview) -> bytes | None:
         """The reply to READ packet *pkt* (type onward) from the read-ahead buffer, or None

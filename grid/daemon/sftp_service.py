@@ -179,7 +179,8 @@ class SFTPSocketService:
             reader.handler = handler
             await handler.run()
             log.info("sftp: session for uid %d ended; %d READs answered from read-ahead "
-                     "buffers by the request reader", uid, reader.answered)
+                     "buffers by the request reader, %d WRITEs joined", uid, reader.answered,
+                     reader.joined)
         finally:
             out.close()
             rtrans.close()

@@ -39,7 +39,7 @@ SIZES = [0, 1, 100, 4095, 32 * KIB - 1, 32 * KIB, 32 * KIB + 1, 100_000, READ_AH
          READ_AHEAD, READ_AHEAD + 1, 1 << 20, (1 << 20) + 37, 3 * (1 << 20) + 5]
 
 FXP_INIT, FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE, FXP_FSTAT = 1, 3, 4, 5, 6, 8
-FXP_STAT, FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_ATTRS = 17, 101, 102, 103, 105
+FXP_REMOVE, FXP_STAT, FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_ATTRS = 13, 17, 101, 102, 103, 105
 FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 1, 2, 8, 0x10
 FX_EOF, FX_FAILURE, FX_BAD_MESSAGE = 1, 4, 5
 
@@ -423,6 +423,60 @@ def test_reads_racing_writes_never_get_replaced_bytes(env: Env) -> None:
     assert a.end() > 0  # some READs were answered from a buffer between the writes
     with open(env.mnt / "race", "rb") as f:
         assert f.read() == bytes([32]) * size
+
+
+def test_contiguous_writes_are_joined_each_answered_in_order(env: Env) -> None:
+    """WRITEs to one handle at contiguous offsets, pipelined: one OK reply each, in request
+    order, and the file holds every byte; the reader joined them. A READ between them (the
+    handler's) and a WRITE to another handle end a run."""
+    s = session(env)
+    h = s.open("joined", FXF_READ | FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+    other = s.open("joined2", FXF_READ | FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+    data = os.urandom(20 * 32 * KIB + 5)
+    reqs = []
+    for i, off in enumerate(range(0, len(data), 32 * KIB)):
+        reqs.append(s.request(FXP_WRITE, string(h), u64(off), string(data[off:off + 32 * KIB])))
+        if i == 9:
+            reqs.append(s.request(FXP_READ, string(h), u64(0), u32(10)))
+            reqs.append(s.request(FXP_WRITE, string(other), u64(0), string(b"o" * 100)))
+    s.send_raw(b"".join(p for _, p in reqs))
+    replies = [s.recv() for _ in reqs]
+    assert [body[:4] for _, body in replies] == [u32(rid) for rid, _ in reqs]
+    for (rtype, body), (_, p) in zip(replies, reqs, strict=True):
+        if p[4] == FXP_WRITE:
+            assert rtype == FXP_STATUS and body[4:] == u32(0) + u32(0) + u32(0)
+        else:
+            assert rtype == FXP_DATA and body[8:] == data[:10]
+    got = bytearray()
+    while len(got) < len(data):
+        got += s.data(h, len(got), 32 * KIB)
+    assert bytes(got) == data
+    assert s.data(other, 0, 1000) == b"o" * 100
+    s.close(h)
+    s.close(other)
+    s.end()
+    joined = re.findall(r"(\d+) WRITEs joined", env.node.log.read_text())
+    assert int(joined[-1]) >= 2
+
+
+def test_a_joined_write_that_fails_gives_each_write_its_own_outcome(env: Env) -> None:
+    """Two WRITEs whose second crosses the largest file size the engine allows: joined they
+    would fail together; the first succeeds and the second fails, as one by one."""
+    max_size = (1 << 44) - 4096  # spawn.engine.MAX_FILE_SIZE
+    s = session(env)
+    h = s.open("toolarge", FXF_READ | FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+    a = s.request(FXP_WRITE, string(h), u64(max_size - 8 * KIB), string(b"a" * 8 * KIB))
+    b = s.request(FXP_WRITE, string(h), u64(max_size), string(b"b" * 8 * KIB))
+    c = s.request(FXP_FSTAT, string(h))
+    s.send_raw(a[1] + b[1] + c[1])
+    ra, rb, rc = s.recv(), s.recv(), s.recv()
+    assert ra == (FXP_STATUS, u32(a[0]) + u32(0) + u32(0) + u32(0))
+    assert rb[0] == FXP_STATUS and rb[1][:4] == u32(b[0]) and rb[1][4:8] == u32(FX_FAILURE)
+    assert rc[0] == FXP_ATTRS and struct.unpack(">I", rc[1][4:8])[0] & 1  # the size...
+    assert struct.unpack(">Q", rc[1][8:16])[0] == max_size  # ...is the first write's end
+    s.close(h)
+    s.call(FXP_REMOVE, string(f"/{env.sid}/toolarge".encode()))
+    s.end()
 
 
 # -- what the reader needs of asyncssh -------------------------------------------------------
