@@ -1,5 +1,5 @@
-"""SFTP READs answered in the request reader, from the handle's read-ahead buffer
-(docs/ssh.md, "The read fast path").
+"""SFTP READs answered in the request reader, from the handle's read-ahead buffer, and
+contiguous WRITEs joined into one write (docs/ssh.md, "The read fast path", "WRITEs joined").
 
 asyncssh's SFTP handler (``asyncssh.sftp.SFTPServerHandler``) serves a session one request
 at a time: it asks its reader for the next packet only once it has written the reply to the
@@ -28,6 +28,16 @@ Order: a request is answered here only when the handler is waiting for its next 
 every earlier request's reply has been written: replies leave in request order, as before
 (sshfs matches replies by id, but other clients may rely on order; the SFTP draft lets a
 server reorder only requests on different files).
+
+WRITEs: sshfs sends a file's data as 32 KiB WRITEs, several at once, and each was one engine
+call with its hop to the spawn's host thread and back, one after the other (the host thread
+idle most of the time: docs/benchmarks.md). WRITEs already received that go to one handle at
+contiguous offsets are made as one server write (``GridSFTPServer.write``, the handler's
+own call, so the same checks and the same coherence with FUSE mounts), then each gets its OK
+reply, in order. An engine write changes all or nothing (spawn.overlay), so when the joined
+write fails nothing was written, and the same WRITEs go to the handler one by one, each
+with its own outcome, exactly as without joining. Handles opened for appending are not
+joined (``GridSFTPServer.joinable``).
 """
 
 from __future__ import annotations
