@@ -6,9 +6,8 @@ at a time: it asks its reader for the next packet only once it has written the r
 last one. sshfs reads a file in 32 KiB READs, and most of them are answered from the
 handle's read-ahead buffer (grid.daemon.sftp, ``GridSFTPServer.cached``); for those the
 handler's per-request work (packet objects, dispatch, logging calls, the coroutine chain to
-the server and back) was most of the daemon's time per READ, and a READ's time is what
-sshfs waits for before it sends the next ones (docs/benchmarks.md, "sshfs reads: the fast
-path").
+the server and back) cost more than slicing the buffer: answering them here takes about a
+quarter off the daemon's CPU per read (docs/benchmarks.md, "sshfs reads: the fast path").
 
 :class:`RequestReader` is the handler's reader. At each packet boundary it looks at the
 requests already received: a READ whose reply the read-ahead buffer holds *now* (the spawn's
@@ -16,8 +15,8 @@ committed state unchanged since the buffer was read) is answered here, with the 
 handler would have sent for it; any other packet goes to the handler unchanged. What stays
 the handler's, so nothing about it changes:
 
-* every request that is not such a READ: opens, closes, writes, READs on handles that are
-  not this session's or are closed (asyncssh's "invalid handle"), malformed packets (its
+* every request that is not such a READ (nor a WRITE joined, below): opens, closes, READs
+  on handles that are not this session's or are closed (asyncssh's "invalid handle"), malformed packets (its
   errors), READs the buffer does not hold (the engine's read, its errors);
 * the handle table: a READ's handle is looked up in the handler's own table
   (``SFTPServerHandler._file_handles``, not a public API: :func:`handle_table` checks it is
@@ -51,7 +50,7 @@ from asyncssh.constants import FXP_DATA, FXP_READ, FXP_STATUS, FXP_WRITE
 from asyncssh.sftp import SFTPEOFError
 
 #: A READ packet's fixed part: type, id, the handle's length (then the handle, an offset and
-#: a length). Anything longer than this with a handle is not a READ sshfs would send.
+#: a length).
 _READ_HEAD = struct.Struct(">BII")
 _READ_TAIL = struct.Struct(">QI")
 _DATA_HEAD = struct.Struct(">IBII")  # packet length, SSH_FXP_DATA, id, the data's length
@@ -59,8 +58,8 @@ _DATA_HEAD = struct.Struct(">IBII")  # packet length, SSH_FXP_DATA, id, the data
 #: SSH_FX_EOF, no message, its default language), after the length, type and id.
 _EOF_BODY = SFTPEOFError().encode(3)
 _STATUS_HEAD = struct.Struct(">IBI")
-#: A READ is at most this long (4 + 1 + 4 + 4 + a 256-byte handle + 8 + 4): longer packets go
-#: to the handler without being waited for whole.
+#: A READ is at most this long (4 + 1 + 4 + 4 + a 256-byte handle, SFTP's largest, + 8 + 4):
+#: a longer one goes to the handler without being waited for whole.
 _READ_MAX = 281
 #: Bytes asked of the source per read: all it has buffered, so that the WRITEs already
 #: received can be seen together.
@@ -76,7 +75,7 @@ _OK_BODY = struct.pack(">III", 0, 0, 0)
 
 
 class Source(Protocol):
-    """Where requests come from: asyncio.StreamReader or asyncssh's SSHReader."""
+    """Where requests come from (asyncio.StreamReader): up to *n* bytes, b"" at the end."""
 
     async def read(self, n: int = -1) -> bytes: ...
 
@@ -98,8 +97,8 @@ def handle_table(handler: Any) -> Mapping[bytes, Any] | None:
 
 
 class RequestReader:
-    """The SFTP handler's reader over *source*, answering the READs it can (module
-    docstring). *write* sends reply bytes (in order with the handler's own, which go through
+    """The SFTP handler's reader over *source*, answering the READs and joining the WRITEs
+    it can (module docstring). *write* sends reply bytes (in order with the handler's own, which go through
     the same writer); *drain* waits while too many replies are unread by the client (the
     handler never waits itself); *extra* answers ``get_extra_info``."""
 
