@@ -21,11 +21,17 @@ of --runs:
 Needs root, /dev/fuse, sshfs and ssh; the OpenSSH column needs /usr/sbin/sshd (apt
 openssh-server) and is left out without it. The machine is noisy: compare the ratio sshfs/FUSE, not
 the absolute figures.
+
+With --profile DIR, after the figures, py-spy (pip install py-spy) records the daemon, one
+thread at a time (``--threads``, 250 Hz, idle not sampled), while each sshfs mount is read
+--runs more times: DIR/LABEL.raw (collapsed stacks) and DIR/LABEL.txt (self time per
+function and the functions most often on the stack, per thread).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import shutil
@@ -107,10 +113,52 @@ def start_sshd(base: Path, keys: Path, subsystem: str, tag: str) -> tuple[subpro
         time.sleep(0.05)
 
 
+def profile(pid: int, out: Path, label: str, mnt: Path, mib: int, runs: int) -> None:
+    """py-spy on the daemon (*pid*) while *mnt*'s big file is read *runs* times."""
+    raw = out / f"{label}.raw"
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250",
+                            "--threads", "-f", "raw", "-o", str(raw), "--pid", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        got = [dd(str(mnt / "big"), "/dev/null", mib) for _ in range(runs)]
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    text = f"{label}: reads {', '.join(f'{g:.0f}' for g in got)} MB/s under py-spy\n"
+    (out / f"{label}.txt").write_text(text + summarize(raw))
+    print(text, end="")
+
+
+def summarize(raw: Path, n: int = 25) -> str:
+    """Per thread: its samples, the functions with the most self time and the functions
+    most often anywhere on its stack (% of the thread's samples)."""
+    self_t: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    incl: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    total: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread, frames = frames[0], frames[1:] or ["?"]
+        c = int(count)
+        total[thread] += c
+        self_t[thread][frames[-1]] += c
+        for f in set(frames):
+            incl[thread][f] += c
+    lines = []
+    for thread, t in total.most_common():
+        lines.append(f"\n== {thread}: {t} samples\n-- self")
+        lines += [f"{100 * c / t:5.1f}%  {f}" for f, c in self_t[thread].most_common(n)]
+        lines.append("-- on the stack")
+        lines += [f"{100 * c / t:5.1f}%  {f}" for f, c in incl[thread].most_common(n)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--profile", type=Path, help="py-spy the daemon per sshfs mount into DIR")
     args = ap.parse_args()
     for tool in ("sshfs", "ssh", "ssh-keygen", "fusermount3"):
         if shutil.which(tool) is None:
@@ -195,6 +243,12 @@ def main() -> int:
             f"{'':10}{rows[f'read, best of {args.runs}'][o] / first:7.2f}" for o in others)
             + "   (a FUSE re-read is the page cache)")
         print(f"sshfs (asyncssh) write with no FUSE mount of the spawn: {max(alone):.1f} MB/s")
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            time.sleep(COMMITTED)  # the writes above are committed: reads as in the figures
+            for label, mnt in mounts:
+                if label in ("asyncssh", "OpenSSH"):
+                    profile(serve.pid, args.profile, label, mnt, args.mib, args.runs)
     finally:
         for m in (overfuse, opensshfs, sshfs, fuse):
             subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True, check=False)

@@ -139,6 +139,7 @@ class _Handle:
     ra: bytes = b""
     ra_off: int = 0
     ra_state: int | None = None
+    ra_eof: bool = False  # the file ended inside the buffer (at that state)
 
 
 class _Link:
@@ -426,24 +427,48 @@ class GridSFTPServer(asyncssh.SFTPServer):
             if e.errno != errno.ESTALE:
                 raise
 
+    def cached(self, file_obj: _Handle, offset: int, size: int) -> bytes | None:
+        """The answer to READ(*offset*, *size*) from the handle's read-ahead buffer, when the
+        buffer holds it at the spawn's committed state of now (b"" at the end of the file);
+        None when only the engine can answer. The one place that decides whether buffered
+        bytes may be served: GridSFTPServer.read and the request reader's fast path
+        (grid.daemon.sftp_fast) both ask it."""
+        h = file_obj
+        if h.ra_state is None or size <= 0 or offset < h.ra_off:
+            return None
+        if h.link.shared.snapshot() != h.ra_state:
+            return None
+        start = offset - h.ra_off
+        if offset + size > h.ra_off + len(h.ra) and not (h.ra_eof and start <= len(h.ra)):
+            return None  # past the buffer, and the file goes on (or the request starts
+            # beyond the end the buffer saw, which the engine answers as ever)
+        h.next_off = offset + size
+        return h.ra[start:start + size]
+
     async def read(self, file_obj: _Handle, offset: int, size: int) -> bytes:  # type: ignore[override]
         """One engine read per request, except for a handle read in order: then one engine
         read of READ_AHEAD bytes serves the requests it covers, for as long as the spawn has
         not changed (the same state the engine's own read would see then)."""
         h = file_obj
+        data = self.cached(h, offset, size)
+        if data is not None:
+            return data
         state = h.link.shared.snapshot()
-        if state is not None and state == h.ra_state and h.ra_off <= offset \
-                and offset + size <= h.ra_off + len(h.ra):
-            h.next_off = offset + size
-            return h.ra[offset - h.ra_off:offset - h.ra_off + size]
         if offset != h.next_off or state is None or size >= READ_AHEAD:
             h.next_off = offset + size
             return await h.link.call("read", h.ino, offset, size)
         data = await h.link.call("read", h.ino, offset, READ_AHEAD)
         if h.link.shared.snapshot() == state:  # else a change came between: keep nothing
             h.ra, h.ra_off, h.ra_state = data, offset, state
+            h.ra_eof = len(data) < READ_AHEAD  # the engine reads short only at the end
         h.next_off = offset + size
         return data[:size]
+
+    def joinable(self, file_obj: _Handle) -> bool:
+        """May WRITEs on this handle at contiguous offsets be made as one write
+        (grid.daemon.sftp_fast)? Not when opened for appending: each such WRITE goes to the
+        end as it is then, which the reader does not know."""
+        return not file_obj.append
 
     async def write(self, file_obj: _Handle, offset: int, data: bytes) -> int:  # type: ignore[override]
         return await file_obj.link.call("write", file_obj.ino, offset, data,

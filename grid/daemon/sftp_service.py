@@ -17,7 +17,13 @@ uid could already do all of this through the control socket.
 
 asyncssh's SFTP protocol handler (``asyncssh.sftp.SFTPServerHandler``) is used as the SSH
 listener uses it, here over plain pipes; it needs a reader, a writer and a channel, and the
-small adapters below are the part of asyncssh's channel API it calls. asyncssh is imported
+small adapters below are the part of asyncssh's channel API it calls. Its reader is
+grid.daemon.sftp_fast.RequestReader, which answers the READs the read-ahead buffer holds
+itself (docs/ssh.md, "The read fast path"). The session tells asyncssh its client is
+OpenSSH (``client_version``): asyncssh swaps SYMLINK's arguments for clients known to send
+them in OpenSSH's (reversed) order, which it recognises by their SSH version string; behind
+sshd the daemon never sees that string, and every client sends OpenSSH's order there (sshd's
+own sftp-server takes it). asyncssh is imported
 at the first session, not at the daemon's start (grid.daemon.ssh_service says why).
 """
 
@@ -37,7 +43,8 @@ SOCKET_NAME = "sftp.sock"
 HELLO = b"grid-sftp 1"  # the bridge's one message; its two descriptors ride on it
 HELLO_TIMEOUT = 10.0  # seconds a connection has to send it
 #: Replies the session has written and the peer has not yet taken before the next request is
-#: read: a client that sends requests without reading the answers is slowed, not buffered.
+#: read (RequestReader waits on _Writer.drain): a client that sends requests without reading
+#: the answers is slowed, not buffered.
 WRITE_HIGH = 4 << 20
 
 
@@ -56,27 +63,6 @@ class _Channel:
 
     def get_environment(self) -> dict[str, str]:
         return {}
-
-
-class _Reader:
-    """The request stream (sshd's pipe to the bridge's stdin). Before each read the replies
-    already written are let drain below WRITE_HIGH (the handler itself never waits)."""
-
-    def __init__(self, stream: asyncio.StreamReader, writer: _Writer, logger: Any) -> None:
-        self.stream = stream
-        self.writer = writer
-        self.logger = logger
-
-    async def readexactly(self, n: int) -> bytes:
-        await self.writer.drain()
-        return await self.stream.readexactly(n)  # IncompleteReadError is an EOFError
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """asyncssh swaps SYMLINK's arguments for clients known to send them in OpenSSH's
-        (reversed) order, which it recognises by their SSH version string. Behind sshd the
-        daemon never sees that string, and every client sends OpenSSH's order there (sshd's
-        own sftp-server takes it), so the session says it is talking to OpenSSH."""
-        return "OpenSSH" if name == "client_version" else default
 
 
 class _Writer:
@@ -173,6 +159,7 @@ class SFTPSocketService:
         from asyncssh.sftp import SFTPServerHandler
 
         from grid.daemon.sftp import GridSFTPServer
+        from grid.daemon.sftp_fast import RequestReader
 
         loop = asyncio.get_running_loop()
         stream = asyncio.StreamReader(limit=1 << 22)
@@ -186,7 +173,14 @@ class SFTPSocketService:
         out = _Writer(wtrans, wproto, chan)
         try:
             server = GridSFTPServer(chan, self.daemon, uid)  # type: ignore[arg-type]
-            await SFTPServerHandler(server, _Reader(stream, out, logger), out, 3).run()  # type: ignore[arg-type]
+            reader = RequestReader(stream, out.write, out.drain, server, logger,
+                                   {"client_version": "OpenSSH"})
+            handler = SFTPServerHandler(server, reader, out, 3)  # type: ignore[arg-type]
+            reader.handler = handler
+            await handler.run()
+            log.info("sftp: session for uid %d ended; %d READs answered from read-ahead "
+                     "buffers by the request reader, %d WRITEs joined", uid, reader.answered,
+                     reader.joined)
         finally:
             out.close()
             rtrans.close()
