@@ -66,6 +66,10 @@ class FrameReceiver(asyncio.BufferedProtocol):
         self._eof = False
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        #: Called when frames arrive while the session waits for them (``wait``): it may
+        #: take those it can answer at once (``peek``, then ``next_frame``), here in the
+        #: transport's callback; the session's task is woken only for what is left.
+        self.on_frames: Any = None
 
     @classmethod
     def take(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_size: int,
@@ -125,6 +129,10 @@ class FrameReceiver(asyncio.BufferedProtocol):
             raise RemoteProtocolError(f"stream broken: {self._error}")
         return None
 
+    def peek(self) -> bytes | bytearray | None:
+        """The next whole frame without taking it, or None."""
+        return self._ready[0] if self._ready else None
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Receive *data* as if the transport had (what the stream reader held; tests)."""
         view = memoryview(data)
@@ -165,6 +173,11 @@ class FrameReceiver(asyncio.BufferedProtocol):
         if self._ready_bytes > self.limit and not self._paused:
             self._paused = True
             self._transport.pause_reading()
+        w = self._waiter
+        if self._ready and self.on_frames is not None and w is not None and not w.done():
+            self.on_frames()
+            if not self._ready and self._error is None and not self._eof:
+                return  # all taken: the session goes on waiting, no wake-up
         self._wake()
 
     def _split(self) -> None:

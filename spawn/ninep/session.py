@@ -252,6 +252,7 @@ class SessionCore:
         self._writer = writer
         self._resolve = resolve
         self._rx = FrameReceiver.take(reader, writer, self.limits.msize, STREAM_LIMIT)
+        self._rx.on_frames = self._frames_now
         self.dialect: Dialect | None = None
         self.msize = self.limits.msize
         self._fids: dict[int, Fid] = {}
@@ -315,6 +316,28 @@ class SessionCore:
             with contextlib.suppress(Exception):
                 await self._writer.wait_closed()
             self.log.debug("9P connection %d ended", self.id)
+
+    def _frames_now(self) -> None:
+        """Frames arrived while ``run`` waits for them: answer here, in the transport's
+        callback, the Treads that ``_read_now`` can, and leave the rest (and everything
+        after the first that it cannot) to ``run``. Saves the event loop's round to the
+        session's task per request (docs/9p.md, "Reads the kernel serves")."""
+        if self._closing or self._requests or self.dialect is None:
+            return
+        rx = self._rx
+        self._batch = []
+        try:
+            while (frame := rx.peek()) is not None:
+                if not (frame[4] == MessageType.TREAD and len(frame) == _TREAD_SIZE
+                        and not self._requests and self._read_now(frame)):
+                    break
+                rx.next_frame()
+        except Exception:  # a bug here must cost this connection only
+            self.log.exception("9P connection %d failed", self.id)
+            self.close()
+        finally:
+            self._send_batch()
+            self._batch = None
 
     async def _receive(self, frame: bytes | bytearray) -> None:
         """Take one frame: decode it, handle Tversion and Tflush at once, start a task for
