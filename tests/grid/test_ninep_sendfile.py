@@ -22,6 +22,8 @@ import pytest
 from grid.daemon.client import DaemonClient
 from spawn.ninep import messages as m9
 from spawn.ninep.client import Client
+from spawn.ninep.codec import encode
+from spawn.ninep.messages import Dialect
 from tests.grid.gridnode import Node, User, free_port, make_user, new_node
 
 if os.geteuid() != 0:
@@ -252,8 +254,6 @@ def test_pipelined_requests_keep_their_order_around_reads_from_memory(env: Env) 
     answered from memory while a request is in flight), the last one is refused, and every
     reply comes in the order asked."""
     sid = env.node.grid("spawn", "-q", "tree", user=env.alice).stdout.strip()
-    from spawn.ninep.codec import encode
-    from spawn.ninep.messages import Dialect
 
     async def body() -> None:
         c, root = await _attached(env, sid=sid)
@@ -267,16 +267,13 @@ def test_pipelined_requests_keep_their_order_around_reads_from_memory(env: Env) 
                     m9.Tread(tag=702, fid=r, offset=MIB, count=8192),
                     m9.Tclunk(tag=703, fid=r),
                     m9.Tread(tag=704, fid=r, offset=0, count=10)]
-            c.send_raw(b"".join(encode(m, Dialect.LINUX) for m in msgs))
-            await asyncio.wait_for(_until(lambda: sum(1 for t, _ in c.received if 700 <= t <= 704) == 5), 30)
-            got = {t: m for t, m in c.received if 700 <= t <= 704}
+            got, order = await _pipelined(c, msgs)
             big = FILES["big"]
             assert got[700].data == big[MIB:MIB + 8192]
             assert got[701].count == len(patch)
             assert got[702].data == patch + big[MIB + 4096:MIB + 8192]
             assert isinstance(got[703], m9.Rclunk)
             assert isinstance(got[704], m9.Rlerror)
-            order = [t for t, _ in c.received if 700 <= t <= 704]
             assert order.index(701) < order.index(702) and order.index(703) < order.index(704)
             await c.clunk(w)
         finally:
@@ -289,6 +286,14 @@ def test_pipelined_requests_keep_their_order_around_reads_from_memory(env: Env) 
 async def _until(pred) -> None:
     while not pred():
         await asyncio.sleep(0.01)
+
+
+async def _pipelined(c: Client, msgs: list[m9.Message]) -> tuple[dict[int, m9.Message], list[int]]:
+    """Send *msgs* in one write; their replies by tag, and the tags in the order answered."""
+    tags = {m.tag for m in msgs}
+    c.send_raw(b"".join(encode(m, Dialect.LINUX) for m in msgs))
+    await asyncio.wait_for(_until(lambda: sum(1 for t, _ in c.received if t in tags) == len(tags)), 30)
+    return ({t: m for t, m in c.received if t in tags}, [t for t, _ in c.received if t in tags])
 
 
 def test_the_cache_can_be_turned_off_and_a_bad_size_is_refused(tmp_path) -> None:
@@ -322,8 +327,6 @@ def test_a_burst_of_reads_with_a_write_inside_is_answered_in_order(env: Env) -> 
     the reads before it are answered from memory where they arrive, the write stops that
     (it waits for the spawn's host), and the reads after it see the written bytes."""
     sid = env.node.grid("spawn", "-q", "tree", user=env.alice).stdout.strip()
-    from spawn.ninep.codec import encode
-    from spawn.ninep.messages import Dialect
 
     async def body() -> None:
         c, root = await _attached(env, sid=sid)
@@ -336,16 +339,12 @@ def test_a_burst_of_reads_with_a_write_inside_is_answered_in_order(env: Env) -> 
                                       for i in range(20)]
             msgs.append(m9.Twrite(tag=820, fid=w, offset=MIB, data=patch))
             msgs += [m9.Tread(tag=821 + i, fid=r, offset=MIB, count=3000) for i in range(20)]
-            c.send_raw(b"".join(encode(m, Dialect.LINUX) for m in msgs))
-            await asyncio.wait_for(
-                _until(lambda: sum(1 for t, _ in c.received if 800 <= t <= 840) == 41), 30)
-            got = {t: m for t, m in c.received if 800 <= t <= 840}
+            got, order = await _pipelined(c, msgs)
             old = FILES["other"][MIB:MIB + 3000]
             new = patch + old[1000:]
             assert all(got[800 + i].data == old for i in range(20))
             assert got[820].count == 1000
             assert all(got[821 + i].data == new for i in range(20))
-            order = [t for t, _ in c.received if 800 <= t <= 840]
             assert order == sorted(order)
             await c.clunk(w)
             await c.clunk(r)
