@@ -282,6 +282,9 @@ class TreeReader:
 
     def _iter_node(self, node: PointerNode, start: int, end: int) -> Iterator[bytes | int]:
         first = bisect.bisect_right(node.starts, start) - 1
+        if node.depth == 1:
+            yield from self._iter_leaves(node, first, start, end)
+            return
         for i in range(first, len(node.children)):
             child, size, lo = node.children[i], node.sizes[i], node.starts[i]
             hi = lo + size
@@ -290,13 +293,32 @@ class TreeReader:
             a, b = max(start, lo) - lo, min(end, hi) - lo
             if child == NULL_SCORE:
                 yield b - a
-            elif node.depth == 1:
-                blk = self.store.get(child)
+            else:
+                yield from self._iter_node(self._node_at(child, node.depth - 1, size), a, b)
+
+    def _iter_leaves(self, node: PointerNode, first: int, start: int, end: int) -> Iterator[bytes | int]:
+        """The leaves of a depth-1 node from child *first* on, in [start, end), fetched
+        LEAF_BATCH at a time with one ``get_many`` (a local store reads leaves lying next
+        to each other in one system call)."""
+        i, n = first, len(node.children)
+        while i < n and node.starts[i] < end:
+            j = i
+            while j < n and j - i < LEAF_BATCH and node.starts[j] < end:
+                j += 1
+            scores = [c for c in node.children[i:j] if c != NULL_SCORE]
+            blocks = iter(self.store.get_many(scores) if len(scores) > 1
+                          else [self.store.get(c) for c in scores])
+            for k in range(i, j):
+                child, size, lo = node.children[k], node.sizes[k], node.starts[k]
+                a, b = max(start, lo) - lo, min(end, lo + size) - lo
+                if child == NULL_SCORE:
+                    yield b - a
+                    continue
+                blk = next(blocks)
                 if blk.type != BlockType.DATA or len(blk.data) != size:
                     raise InvalidBlock("hash tree leaf does not match its pointer entry")
                 yield blk.data[a:b] if (a, b) != (0, size) else blk.data
-            else:
-                yield from self._iter_node(self._node_at(child, node.depth - 1, size), a, b)
+            i = j
 
     def leaf_scores(self) -> Iterator[tuple[Score, int]]:
         """(score, size) of every leaf in order; holes as NULL_SCORE."""
@@ -315,6 +337,7 @@ class TreeReader:
 
 
 _ZERO_BLOCK = bytes(1 << 20)
+LEAF_BATCH = 64  # leaves a reader fetches at once (about 1 MiB of them)
 
 
 def _zero_bytes(n: int) -> bytes:
