@@ -294,7 +294,7 @@ def test_get_many_reads_runs_of_records_at_once_and_verifies_each(tmp_path):
         scores = [s.put(BlockType.DATA, d) for d in datas]
         s.sync()
         victim = scores[100]
-        pos = s._locate(victim).position  # noqa: SLF001 (where to damage it)
+        pos = s._locate(victim).position  # where to damage it
     seg = _segments(tmp_path / "s")[0]
     with open(seg, "r+b") as f:
         f.seek(pos + RECORD_HEADER_SIZE + 10)
