@@ -147,7 +147,7 @@ class CommonRequests(SessionCore):
         data = await self._call(fid, "read", fid.ino, m.offset, count)
         return m9.Rread(tag=m.tag, data=data)
 
-    def _read_now(self, frame: bytes) -> bool:
+    def _read_now(self, frame: bytes | bytearray) -> bool:
         """Answer a Tread from decoded memory at once (docs/9p.md, "Reads the kernel
         serves"), without a request's bookkeeping: called only while no request is in
         flight, when every turn is free and ``_start`` would run ``_h_read`` to its end

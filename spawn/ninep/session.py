@@ -294,10 +294,8 @@ class SessionCore:
                 self._batch = []  # replies of the requests here now go out in one write
                 try:
                     while not self._closing and (frame := self._rx.next_frame()) is not None:
-                        if (frame[4] == MessageType.TREAD and len(frame) == _TREAD_SIZE
-                                and not self._requests and self._read_now(frame)):
-                            continue
-                        await self._receive(frame)
+                        if not self._answered_now(frame):
+                            await self._receive(frame)
                 finally:
                     self._send_batch()
                     self._batch = None
@@ -327,10 +325,7 @@ class SessionCore:
         rx = self._rx
         self._batch = []
         try:
-            while (frame := rx.peek()) is not None:
-                if not (frame[4] == MessageType.TREAD and len(frame) == _TREAD_SIZE
-                        and not self._requests and self._read_now(frame)):
-                    break
+            while (frame := rx.peek()) is not None and self._answered_now(frame):
                 rx.next_frame()
         except Exception:  # a bug here must cost this connection only
             self.log.exception("9P connection %d failed", self.id)
@@ -338,6 +333,18 @@ class SessionCore:
         finally:
             self._send_batch()
             self._batch = None
+
+    def _answered_now(self, frame: bytes | bytearray) -> bool:
+        """Whether *frame* was a Tread answered at once from decoded memory: only while no
+        request is in flight (every turn is free, so ``_start`` would run it to its end on
+        the spot anyway); False: nothing was done."""
+        return (frame[4] == MessageType.TREAD and len(frame) == _TREAD_SIZE
+                and not self._requests and self._read_now(frame))
+
+    def _read_now(self, frame: bytes | bytearray) -> bool:
+        """Answer a Tread's frame at once if it can be (spawn.ninep.requests_common); the
+        connection alone answers nothing."""
+        return False
 
     async def _receive(self, frame: bytes | bytearray) -> None:
         """Take one frame: decode it, handle Tversion and Tflush at once, start a task for
