@@ -169,7 +169,7 @@ class SpawnHost:
 
         if op not in OPS:
             raise ValueError(f"no engine operation {op!r}")
-        if op == "read" and not kw and not self._stopping and not self._jobs and not self._in_jobs:
+        if op == "read" and not kw and self._reads_here:
             # A read needs no hop to the host thread while every change is committed and no
             # job is queued or running (a pipelined write sent before this read must come
             # first, as on the host): it reads the last checkpoint from this thread
@@ -183,9 +183,16 @@ class SpawnHost:
         """A read as a range of a decoded content the caller can hand to the kernel, when
         the read could be served without a hop (see ``call``) and its bytes are base
         content kept in the daemon's cache; None: ``call("read", ...)`` instead."""
-        if self._stopping or self._jobs or self._in_jobs:
+        if not self._reads_here:
             return None
         return self.engine.read_plain_snapshot(cred, ino, offset, size)
+
+    @property
+    def _reads_here(self) -> bool:
+        """May a read be served on the calling thread (Engine.read_snapshot and its plain
+        form), not the host's? Only while no job is queued or running (a change sent before
+        the read comes first, as on the host) and the host is not stopping."""
+        return not (self._stopping or self._jobs or self._in_jobs)
 
     def attach(self, sock: socket.socket, *, cred: Cred, mountpoint: str = "", caching: bool = False,
                leftover: bytes = b"") -> Future[None]:

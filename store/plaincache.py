@@ -76,9 +76,6 @@ class _MemFile:
             raise
         self.fd = fd
 
-    def fileno(self) -> int:
-        return self.fd
-
     def __del__(self) -> None:
         if hasattr(self, "fd"):
             os.close(self.fd)
@@ -202,22 +199,18 @@ class PlainCache:
         # Runs of leaves are written as they come; a hole is skipped (the memory file
         # reads zeros there, and keeps no memory for them).
         pos, run, at = lo, [], lo
-        try:
-            for piece in reader.iter_pieces(lo, hi - lo):
-                if isinstance(piece, int):
-                    if run:
-                        _pwrite_all(c.file.fd, run, at)
-                        run = []
-                    pos += piece
-                    at = pos
-                else:
-                    run.append(piece)
-                    pos += len(piece)
-            if run:
-                _pwrite_all(c.file.fd, run, at)
-        except OSError as e:  # no memory for the file: give it up, serve from the reader
-            self._drop(key)
-            raise _NoRoom from e
+        for piece in reader.iter_pieces(lo, hi - lo):
+            if isinstance(piece, int):
+                if run:
+                    self._write(c, key, run, at)
+                    run = []
+                pos += piece
+                at = pos
+            else:
+                run.append(piece)
+                pos += len(piece)
+        if run:
+            self._write(c, key, run, at)
         if pos != hi:
             raise OSError(f"hash tree {reader.root.hex()[:16]} read short at {lo}")
         added = 0
@@ -231,6 +224,13 @@ class PlainCache:
             if self._entries.get(key) is c:
                 self._held += added
                 self._drop_over(keep=key)
+
+    def _write(self, c: _Content, key: bytes, pieces: list[bytes], offset: int) -> None:
+        try:
+            _pwrite_all(c.file.fd, pieces, offset)
+        except OSError as e:  # no memory for the file: give it up, serve from the reader
+            self._drop(key)
+            raise _NoRoom from e
 
     def _drop(self, key: bytes) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from spawn.ninep.messages import (
 )
 from spawn.ninep.sendfile import PlainRead
 from spawn.ninep.session import MAX_FILE, RHDR, SessionCore, _err, _Request
+from store.plaincache import PlainRange
 
 _TREAD_BODY = struct.Struct("<HIQI")  # tag fid offset count, after size[4] type[1]
 
@@ -139,11 +140,9 @@ class CommonRequests(SessionCore):
         if o.link:  # 9P2000 has no symlinks: reading one gives its target (docs/9p.md)
             target = await self._call(fid, "readlink", fid.ino)
             return m9.Rread(tag=m.tag, data=target[m.offset:m.offset + count])
-        plain = getattr(fid.att.link, "read_plain", None)
-        if plain is not None:  # bytes the kernel can send (docs/9p.md, "Reads the kernel serves")
-            r = plain(fid.att.cred, fid.ino, m.offset, count)
-            if r is not None:
-                return PlainRead(m.tag, r)
+        r = self._plain(fid, m.offset, count)
+        if r is not None:
+            return PlainRead(m.tag, r)
         data = await self._call(fid, "read", fid.ino, m.offset, count)
         return m9.Rread(tag=m.tag, data=data)
 
@@ -161,13 +160,19 @@ class CommonRequests(SessionCore):
         o = fid.opened
         if o is None or not o.read or o.dir or o.link:
             return False
-        plain = getattr(fid.att.link, "read_plain", None)
-        r = None if plain is None else plain(fid.att.cred, fid.ino, offset, min(count, self.msize - RHDR))
+        r = self._plain(fid, offset, min(count, self.msize - RHDR))
         if r is None:
             return False
         self._received += 1
         self._write(PlainRead(tag, r))
         return True
+
+    @staticmethod
+    def _plain(fid: Fid, offset: int, count: int) -> PlainRange | None:
+        """The bytes of a read as a range the kernel can send (docs/9p.md, "Reads the kernel
+        serves"), when the fid's link offers them (a spawn's, in the daemon); else None."""
+        plain = getattr(fid.att.link, "read_plain", None)
+        return None if plain is None else plain(fid.att.cred, fid.ino, offset, count)
 
     async def _read_dir(self, req: _Request, fid: Fid, offset: int, count: int) -> bytes:
         """read(5) of a directory: whole stat entries only; offset 0 (re)starts the listing,
