@@ -507,9 +507,9 @@ class LocalStore(BlockStore):
                           "check`, then `grid store repair` from a peer", self.path,
                           self._seg_path(seg).name)
 
-    def _decode_payload(self, hdr: RecordHeader, payload: bytes) -> bytes:
+    def _decode_payload(self, hdr: RecordHeader, payload: bytes | memoryview) -> bytes:
         if hdr.codec == CODEC_RAW:
-            return payload
+            return bytes(payload)  # the same object when it is bytes already
         try:
             data = self._zstd.d.decompress(payload, max_output_size=hdr.raw_len)
         except zstandard.ZstdError as e:
@@ -586,7 +586,7 @@ class LocalStore(BlockStore):
                 off = loc.position - start
                 piece = raw[off:off + RECORD_HEADER_SIZE + loc.stored_len]
                 try:
-                    out[i] = self._verify(s, loc, bytes(piece), where)
+                    out[i] = self._verify(s, loc, piece, where)
                 except CorruptBlock:
                     pass
             j = k + 1
@@ -617,9 +617,10 @@ class LocalStore(BlockStore):
         raw = self._read_raw(score, seg, loc.position, total)
         return self._verify(score, loc, raw, where)
 
-    def _verify(self, score: bytes, loc: Location, raw: bytes, where: _Where) -> Block:
+    def _verify(self, score: bytes, loc: Location, raw: bytes | memoryview, where: _Where) -> Block:
         """The block in record bytes *raw* read for *score* at *loc*, checked against the
-        index and its score, and kept in the cache of its kind; else CorruptBlock."""
+        index and its score, and kept in the cache of its kind; else CorruptBlock. *raw* may
+        be a view into a larger read: the block's payload is copied out of it once."""
         total = RECORD_HEADER_SIZE + loc.stored_len
         try:
             hdr = decode_record_header(raw)
