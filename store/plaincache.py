@@ -18,6 +18,14 @@ What it keeps and for how long (docs/store.md, "Decoded contents"):
 * a range handed out holds its memory file open: it stays readable after its content is
   dropped, and the kernel frees the memory when the last holder closes it.
 
+A reader that goes on where its last read ended is taken for a sequential one: its read
+decodes RUN_BYTES at once, and the extents after it (AHEAD_BYTES) are decoded by a thread of
+the cache's own while the reader is served what it asked for. Hashing, decompressing and the
+memory file's writes let go of the interpreter lock, so on a second CPU the decode of the next
+megabyte runs beside the sending of this one (docs/store.md, "Decoded contents"); a read
+that reaches extents being decoded ahead waits for them, or decodes them itself if their
+turn has not come.
+
 The bytes are as trustworthy as the store's own caches in memory (the leaf and interior
 caches): verified when they entered, never read from disk again. Thread-safe: fills of one
 extent by two threads at once write the same bytes.
@@ -28,13 +36,16 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from store.base import BlockStore
 from store.hashtree import TreeReader
 
 EXTENT = 64 << 10  # the unit filled and remembered as present
 RUN_BYTES = 1 << 20  # what a sequential read decodes at once
-MISSING, PRESENT = 0, 1  # an extent's state
+AHEAD_BYTES = 2 << 20  # what is decoded ahead of a sequential reader, in the background
+MISSING, PRESENT, AHEAD = 0, 1, 2  # an extent's state (AHEAD: being decoded ahead)
 MIN_SIZE = 1 << 20
 MAX_ENTRIES = 512
 
@@ -82,7 +93,7 @@ class _MemFile:
 
 
 class _Content:
-    __slots__ = ("file", "have", "held", "next", "size")
+    __slots__ = ("ahead", "file", "have", "held", "next", "size")
 
     def __init__(self, size: int) -> None:
         self.file = _MemFile(size)
@@ -90,13 +101,14 @@ class _Content:
         self.have = bytearray(-(-size // EXTENT))  # each extent's state (MISSING, ...)
         self.held = 0  # bytes of extents filled
         self.next = -1  # where the last read ended: a read starting there is sequential
+        self.ahead: Future[None] | None = None  # the decode ahead of a reader, if one is due
 
 
 class PlainCache:
     """Decoded contents by score, in memory files. See the module docstring."""
 
     def __init__(self, limit: int, *, min_size: int = MIN_SIZE,
-                 max_entries: int = MAX_ENTRIES) -> None:
+                 max_entries: int = MAX_ENTRIES, read_ahead: bool = True) -> None:
         if limit <= 0 or max_entries <= 0 or min_size < 0:
             raise ValueError("limit and max_entries must be positive, min_size not negative")
         self.limit = limit
@@ -107,7 +119,10 @@ class PlainCache:
         self._held = 0
         self.hits = 0  # ranges served without decoding (statistics, for tests and benches)
         self.fills = 0  # extents decoded into the cache
+        self.ahead_fills = 0  # of which decoded ahead of a reader
         self.disabled = not hasattr(os, "memfd_create")
+        self.read_ahead = read_ahead
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def held(self) -> int:
@@ -120,7 +135,7 @@ class PlainCache:
     def statistics(self) -> dict[str, int]:
         """What the cache holds and has done, for the daemon's status and for tests."""
         return {"limit": self.limit, "held": self._held, "contents": len(self._entries),
-                "hits": self.hits, "fills": self.fills}
+                "hits": self.hits, "fills": self.fills, "ahead_fills": self.ahead_fills}
 
     def range(self, reader: TreeReader, offset: int, count: int) -> PlainRange | None:
         """Bytes [offset, offset + count) of *reader*'s content, clipped to its size, filled
@@ -142,16 +157,24 @@ class PlainCache:
             if c is None:
                 return None
         first, last = offset // EXTENT, (end - 1) // EXTENT
+        sequential = offset == c.next
         if c.have.count(PRESENT, first, last + 1) == last + 1 - first:
             self.hits += 1
         else:
-            if offset == c.next:  # sequential: decode the next RUN_BYTES in one tree walk
-                last = max(last, min(len(c.have) - 1, first + RUN_BYTES // EXTENT - 1))
+            if AHEAD in c.have[first:last + 1]:
+                self._await_ahead(c)
+            if sequential:  # decode the next RUN_BYTES in one tree walk, up to what is
+                # being decoded ahead already
+                run = min(len(c.have) - 1, first + RUN_BYTES // EXTENT - 1)
+                busy = c.have.find(AHEAD, last + 1, run + 1)
+                last = max(last, run if busy < 0 else busy - 1)
             try:
                 self._fill(reader, c, key, first, last)
             except _NoRoom:
                 return None
         c.next = end
+        if sequential and self.read_ahead:
+            self._start_ahead(reader, c, key, end)
         return PlainRange(c.file, offset, end - offset)
 
     def read(self, reader: TreeReader, offset: int, count: int) -> bytes:
@@ -163,6 +186,71 @@ class PlainCache:
         with self._lock:
             self._entries.clear()
             self._held = 0
+
+    def close(self) -> None:
+        """Stop decoding ahead (what is under way finishes); the cache still serves."""
+        self.read_ahead = False
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- decoding ahead of a sequential reader -------------------------------------------------
+
+    def _start_ahead(self, reader: TreeReader, c: _Content, key: bytes, end: int) -> None:
+        """Have the extents of [end, end + AHEAD_BYTES) decoded in the background, RUN_BYTES
+        from the first one missing, unless a decode ahead of this content is under way."""
+        if c.ahead is not None or end >= c.size:
+            return
+        lo = end // EXTENT
+        hi = min(len(c.have), (end + AHEAD_BYTES - 1) // EXTENT + 1)
+        with self._lock:
+            start = c.have.find(MISSING, lo, hi)
+            if start < 0 or c.ahead is not None:
+                return
+            stop = min(len(c.have), start + RUN_BYTES // EXTENT)
+            for x in range(start, stop):
+                if c.have[x] == MISSING:
+                    c.have[x] = AHEAD
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="grid-decode-ahead")
+            try:
+                c.ahead = self._pool.submit(self._ahead, reader.store, reader.root, c, key, start, stop)
+            except RuntimeError:  # shut down meanwhile: decode as it comes
+                self._undo_ahead(c, start, stop)
+
+    def _ahead(self, store: BlockStore, root: bytes, c: _Content, key: bytes, start: int, stop: int) -> None:
+        """The background decode: its own tree reader (a reader's caches are its thread's)."""
+        try:
+            todo = [x for x in range(start, stop) if c.have[x] == AHEAD]
+            if todo:
+                self._decode(TreeReader(store, root), c, key, todo[0], todo[-1] + 1)
+                self.ahead_fills += len(todo)
+        except Exception:  # the reader decodes these extents itself and meets the error
+            pass
+        finally:
+            self._undo_ahead(c, start, stop)
+            c.ahead = None
+
+    def _undo_ahead(self, c: _Content, start: int, stop: int) -> None:
+        with self._lock:
+            for x in range(start, stop):
+                if c.have[x] == AHEAD:
+                    c.have[x] = MISSING
+
+    def _await_ahead(self, c: _Content) -> None:
+        """A read reached extents being decoded ahead: wait for that decode, or take it back
+        if it has not begun (the reader then decodes them itself, now)."""
+        fut = c.ahead
+        if fut is None:
+            return
+        if not fut.cancel():
+            fut.exception()  # waits; a failure leaves the extents missing, decoded below
+            return
+        with self._lock:  # cancelled before it ran: its extents are ours again
+            for x in range(len(c.have)):
+                if c.have[x] == AHEAD:
+                    c.have[x] = MISSING
+            if c.ahead is fut:
+                c.ahead = None
 
     # -- filling and dropping -----------------------------------------------------------------
 

@@ -238,6 +238,8 @@ class Daemon:
         for sid, live in list(self._live.items()):
             await asyncio.to_thread(live.host.close)
             del self._live[sid]
+        if self.plain_cache is not None:  # its decodes ahead read the store: end them first
+            await asyncio.to_thread(self.plain_cache.close)
         if self.store is not None:
             if self.pruning:  # stop it before it copies; a copy under way runs to its end
                 self.store.cancel_prune()

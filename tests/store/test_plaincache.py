@@ -202,3 +202,162 @@ def test_holes_read_as_zeros_and_take_no_memory(store: LocalStore) -> None:
     assert got is not None and got.read() == data
     used = os.fstat(got.fileno()).st_blocks * 512
     assert used < 3 * MIB, used  # the zero leaves were never written
+
+
+# -- decoding ahead of a sequential reader ---------------------------------------------------
+
+
+class _HeldAhead:
+    """A real store whose reads by the cache's decode-ahead thread wait for *gate*: a test
+    can hold a decode ahead under way while a reader reaches its extents."""
+
+    def __init__(self, store: LocalStore, gate: threading.Event) -> None:
+        self._store, self._gate = store, gate
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def _hold(self) -> None:
+        if threading.current_thread().name.startswith("grid-decode-ahead"):
+            assert self._gate.wait(10), "the test never let the decode ahead go on"
+
+    def get(self, score: bytes):
+        self._hold()
+        return self._store.get(score)
+
+    def get_many(self, scores):
+        self._hold()
+        return self._store.get_many(scores)
+
+
+def _states(pc: PlainCache, r: TreeReader) -> bytes:
+    return bytes(pc._entries[bytes(r.root)].have)
+
+
+def _settle(pc: PlainCache) -> None:
+    """Wait for every decode ahead submitted so far."""
+    if pc._pool is not None:
+        pc._pool.submit(lambda: None).result(10)
+
+
+def test_a_sequential_reader_is_decoded_ahead(store: LocalStore) -> None:
+    data = content(40, 8 * MIB + 777)
+    r = tree(store, data)
+    pc = PlainCache(64 * MIB)
+    n, off = 65512, 0
+    try:
+        while off < len(data):
+            assert pc.range(r, off, n).read() == data[off:off + n]  # type: ignore[union-attr]
+            off += n
+        _settle(pc)
+        stats = pc.statistics()
+        assert stats["ahead_fills"] > 0  # the background did part of the decoding
+        assert pc.fills == -(-len(data) // EXTENT)  # and nothing was decoded twice
+        assert set(_states(pc, r)) == {1}  # every extent present, none left half-way
+        assert pc.held == len(data)
+    finally:
+        pc.close()
+    # a random reader is not decoded ahead
+    other = PlainCache(64 * MIB)
+    rnd = random.Random(41)
+    for _ in range(40):
+        o = rnd.randrange(len(data))
+        assert other.read(r, o, 1000) == data[o:o + 1000]
+    _settle(other)
+    assert other.ahead_fills == 0 and other._pool is None
+
+
+def test_a_read_reaching_extents_being_decoded_ahead_waits_for_them(store: LocalStore) -> None:
+    data = content(42, 4 * MIB)
+    gate = threading.Event()
+    r = TreeReader(_HeldAhead(store, gate), write_bytes(store, data).score)  # type: ignore[arg-type]
+    pc = PlainCache(64 * MIB)
+    try:
+        pc.range(r, 0, EXTENT)
+        pc.range(r, EXTENT, EXTENT)  # sequential: the MiB after the first run goes ahead
+        assert 2 in _states(pc, r)  # marked as being decoded ahead, held at the gate
+        got: list[bytes] = []
+        at = MIB + EXTENT + 100  # past the first run (extents 0-16), in the one held
+        t = threading.Thread(target=lambda: got.append(pc.read(r, at, 2 * EXTENT)))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()  # the reader waits for the decode under way, not beside it
+        gate.set()
+        t.join(10)
+        assert got == [data[at:at + 2 * EXTENT]]
+        _settle(pc)
+        assert pc.ahead_fills == RUN_BYTES // EXTENT
+        assert 2 not in _states(pc, r)
+    finally:
+        gate.set()
+        pc.close()
+
+
+def test_a_decode_ahead_not_yet_begun_is_taken_back(store: LocalStore) -> None:
+    one, two = content(43, 3 * MIB), content(44, 3 * MIB)
+    gate = threading.Event()
+    held = _HeldAhead(store, gate)
+    r1 = TreeReader(held, write_bytes(store, one).score)  # type: ignore[arg-type]
+    r2 = TreeReader(held, write_bytes(store, two).score)  # type: ignore[arg-type]
+    pc = PlainCache(64 * MIB)
+    try:
+        for r in (r1, r2):  # the first's decode ahead holds the one thread; the second's waits
+            pc.range(r, 0, EXTENT)
+            pc.range(r, EXTENT, EXTENT)
+        # the first run was extents 0-16, the second's decode ahead holds 17-32
+        assert _states(pc, r2)[2 * MIB // EXTENT] == 2
+        assert pc.read(r2, 2 * MIB, EXTENT) == two[2 * MIB:2 * MIB + EXTENT]  # decoded here
+        gate.set()
+        _settle(pc)
+        assert pc.ahead_fills == RUN_BYTES // EXTENT  # the first's only
+        assert 2 not in _states(pc, r1) and 2 not in _states(pc, r2)
+        assert pc.read(r1, MIB, MIB) == one[MIB:2 * MIB]
+    finally:
+        gate.set()
+        pc.close()
+
+
+def test_a_corrupt_leaf_ahead_is_the_readers_error(tmp_path: Path) -> None:
+    LocalStore.create(tmp_path / "s")
+    store = LocalStore.open(tmp_path / "s")
+    data = os.urandom(4 * MIB)
+    ref = write_bytes(store, data)
+    store.close()
+    seg = max((tmp_path / "s").rglob("*.seg"), key=lambda p: p.stat().st_size)
+    raw = bytearray(seg.read_bytes())
+    pos = raw.find(data[2 * MIB + 8192:2 * MIB + 8192 + 64])  # in the 2nd run's ahead
+    assert pos > 0
+    raw[pos + 10] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    store = LocalStore.open(tmp_path / "s")
+    pc = PlainCache(64 * MIB)
+    try:
+        r = TreeReader(store, ref.score)
+        off = 0
+        with pytest.raises(CorruptBlock):
+            while off < len(data):
+                assert pc.range(r, off, EXTENT).read() == data[off:off + EXTENT]  # type: ignore[union-attr]
+                off += EXTENT
+        # the decode ahead met it and kept quiet; the reader met it with the run holding it
+        assert MIB < off <= 2 * MIB
+        _settle(pc)
+        assert 2 not in _states(pc, r)
+        with pytest.raises(CorruptBlock):  # and again: nothing was marked present
+            pc.range(r, off, EXTENT)
+        assert pc.read(r, 3 * MIB, 100) == data[3 * MIB:3 * MIB + 100]
+    finally:
+        pc.close()
+        store.close()
+
+
+def test_closed_cache_serves_without_decoding_ahead(store: LocalStore) -> None:
+    data = content(45, 3 * MIB)
+    r = tree(store, data)
+    pc = PlainCache(64 * MIB)
+    pc.range(r, 0, EXTENT)
+    pc.close()
+    off = EXTENT
+    while off < len(data):
+        assert pc.range(r, off, EXTENT).read() == data[off:off + EXTENT]  # type: ignore[union-attr]
+        off += EXTENT
+    assert pc.ahead_fills == 0
