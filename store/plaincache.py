@@ -33,11 +33,15 @@ extent by two threads at once write the same bytes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from store.base import BlockStore
 from store.hashtree import TreeReader
@@ -92,10 +96,29 @@ class _MemFile:
             os.close(self.fd)
 
 
+class Decoder(Protocol):
+    """What the cache asks of a decoder process (store.decoder.Decoder)."""
+
+    store: object
+    decoded: int
+
+    def submit(self, ident: int, fd: int, size: int, root: bytes, lo: int, hi: int,
+               done: Callable[[bool], None]) -> Future[bool] | None: ...
+
+    def forget(self, ident: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_IDENTS = itertools.count(1)
+
+
 class _Content:
-    __slots__ = ("ahead", "file", "have", "held", "next", "size")
+    __slots__ = ("ahead", "by_process", "file", "have", "held", "ident", "next", "size")
 
     def __init__(self, size: int) -> None:
+        self.ident = next(_IDENTS)  # its name to a decoder process
+        self.by_process = True  # False once the decoder process could not decode part of it
         self.file = _MemFile(size)
         self.size = size
         self.have = bytearray(-(-size // EXTENT))  # each extent's state (MISSING, ...)
@@ -108,7 +131,8 @@ class PlainCache:
     """Decoded contents by score, in memory files. See the module docstring."""
 
     def __init__(self, limit: int, *, min_size: int = MIN_SIZE,
-                 max_entries: int = MAX_ENTRIES, read_ahead: bool = True) -> None:
+                 max_entries: int = MAX_ENTRIES, read_ahead: bool = True,
+                 decoder: Decoder | None = None) -> None:
         if limit <= 0 or max_entries <= 0 or min_size < 0:
             raise ValueError("limit and max_entries must be positive, min_size not negative")
         self.limit = limit
@@ -122,6 +146,7 @@ class PlainCache:
         self.ahead_fills = 0  # of which decoded ahead of a reader
         self.disabled = not hasattr(os, "memfd_create")
         self.read_ahead = read_ahead
+        self.decoder = decoder  # decodes ahead in a process of its own (store.decoder)
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -134,8 +159,11 @@ class PlainCache:
 
     def statistics(self) -> dict[str, int]:
         """What the cache holds and has done, for the daemon's status and for tests."""
-        return {"limit": self.limit, "held": self._held, "contents": len(self._entries),
-                "hits": self.hits, "fills": self.fills, "ahead_fills": self.ahead_fills}
+        out = {"limit": self.limit, "held": self._held, "contents": len(self._entries),
+               "hits": self.hits, "fills": self.fills, "ahead_fills": self.ahead_fills}
+        if self.decoder is not None:
+            out["decoder_runs"] = self.decoder.decoded  # ranges the decoder process decoded
+        return out
 
     def range(self, reader: TreeReader, offset: int, count: int) -> PlainRange | None:
         """Bytes [offset, offset + count) of *reader*'s content, clipped to its size, filled
@@ -184,12 +212,16 @@ class PlainCache:
 
     def clear(self) -> None:
         with self._lock:
+            for c in self._entries.values():
+                self._forget(c)
             self._entries.clear()
             self._held = 0
 
     def close(self) -> None:
         """Stop decoding ahead (what is under way finishes); the cache still serves."""
         self.read_ahead = False
+        if self.decoder is not None:
+            self.decoder.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -210,6 +242,13 @@ class PlainCache:
             for x in range(start, stop):
                 if c.have[x] == MISSING:
                     c.have[x] = AHEAD
+            d = self.decoder
+            if d is not None and c.by_process and reader.store is d.store:
+                c.ahead = d.submit(c.ident, c.file.fd, c.size, bytes(reader.root), start * EXTENT,
+                                   min(c.size, stop * EXTENT),
+                                   partial(self._ahead_done, c, key, start, stop))
+                if c.ahead is not None:
+                    return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="grid-decode-ahead")
             try:
@@ -229,6 +268,16 @@ class PlainCache:
         finally:
             self._undo_ahead(c, start, stop)
             c.ahead = None
+
+    def _ahead_done(self, c: _Content, key: bytes, start: int, stop: int, ok: bool) -> None:
+        """The decoder process's answer for extents start..stop-1 (its reply thread)."""
+        if ok:
+            self._present(c, key, start, stop)
+            self.ahead_fills += stop - start
+        else:  # a block it cannot see (fetched from a peer, newer than its view) or worse
+            c.by_process = False
+        self._undo_ahead(c, start, stop)
+        c.ahead = None
 
     def _undo_ahead(self, c: _Content, start: int, stop: int) -> None:
         with self._lock:
@@ -283,24 +332,12 @@ class PlainCache:
 
     def _decode(self, reader: TreeReader, c: _Content, key: bytes, start: int, end: int) -> None:
         """Decode extents start..end-1 (verified, leaf by leaf) into the memory file."""
-        lo, hi = start * EXTENT, min(c.size, end * EXTENT)
-        # Runs of leaves are written as they come; a hole is skipped (the memory file
-        # reads zeros there, and keeps no memory for them).
-        pos, run, at = lo, [], lo
-        for piece in reader.iter_pieces(lo, hi - lo):
-            if isinstance(piece, int):
-                if run:
-                    self._write(c, key, run, at)
-                    run = []
-                pos += piece
-                at = pos
-            else:
-                run.append(piece)
-                pos += len(piece)
-        if run:
-            self._write(c, key, run, at)
-        if pos != hi:
-            raise OSError(f"hash tree {reader.root.hex()[:16]} read short at {lo}")
+        decode_range(reader, start * EXTENT, min(c.size, end * EXTENT),
+                     lambda pieces, at: self._write(c, key, pieces, at))
+        self._present(c, key, start, end)
+
+    def _present(self, c: _Content, key: bytes, start: int, end: int) -> None:
+        """Extents start..end-1 hold their bytes: count them and mark them present."""
         added = 0
         with self._lock:
             for x in range(start, end):
@@ -315,7 +352,7 @@ class PlainCache:
 
     def _write(self, c: _Content, key: bytes, pieces: list[bytes], offset: int) -> None:
         try:
-            _pwrite_all(c.file.fd, pieces, offset)
+            pwrite_all(c.file.fd, pieces, offset)
         except OSError as e:  # no memory for the file: give it up, serve from the reader
             self._drop(key)
             raise _NoRoom from e
@@ -325,6 +362,12 @@ class PlainCache:
             c = self._entries.pop(key, None)
             if c is not None:
                 self._held -= c.held
+                self._forget(c)
+
+    def _forget(self, c: _Content) -> None:
+        """*c* leaves the cache: a decoder process lets its memory file go too."""
+        if self.decoder is not None:
+            self.decoder.forget(c.ident)
 
     def _drop_over(self, *, keep: bytes) -> None:
         """Drop least recently used contents (not *keep*) while over a bound. Lock held."""
@@ -335,7 +378,30 @@ class PlainCache:
                 entries.move_to_end(key)
                 key, c = next(iter(entries.items()))
             del entries[key]
-            self._held -= c.held  # the file closes when its last range is let go
+            self._held -= c.held
+            self._forget(c)  # the file closes when its last range is let go
+
+
+def decode_range(reader: TreeReader, lo: int, hi: int,
+                 write: Callable[[list[bytes], int], None]) -> None:
+    """Bytes [lo, hi) of *reader*'s tree as ``write(pieces, offset)`` of each run of adjacent
+    leaves; holes are skipped (a memory file reads zeros there and keeps no memory for them).
+    Every leaf is verified by the store as it is read."""
+    pos, run, at = lo, [], lo
+    for piece in reader.iter_pieces(lo, hi - lo):
+        if isinstance(piece, int):
+            if run:
+                write(run, at)
+                run = []
+            pos += piece
+            at = pos
+        else:
+            run.append(piece)
+            pos += len(piece)
+    if run:
+        write(run, at)
+    if pos != hi:
+        raise OSError(f"hash tree {reader.root.hex()[:16]} read short at {lo}")
 
 
 class _NoRoom(Exception):
@@ -345,7 +411,8 @@ class _NoRoom(Exception):
 _IOV = 512  # buffers per pwritev (Linux takes up to 1,024)
 
 
-def _pwrite_all(fd: int, pieces: list[bytes], offset: int) -> None:
+def pwrite_all(fd: int, pieces: list[bytes], offset: int) -> None:
+    """Write *pieces* one after another into *fd* from *offset*."""
     for i in range(0, len(pieces), _IOV):
         group = pieces[i:i + _IOV]
         total = sum(map(len, group))

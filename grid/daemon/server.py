@@ -151,6 +151,7 @@ class Daemon:
     # -- start and stop --------------------------------------------------------------------
 
     async def start(self) -> None:
+        from store.decoder import Decoder
         from store.errors import StoreLocked
         from store.local import LEAF_CACHE_BYTES, LocalStore
         from store.plaincache import PlainCache
@@ -170,7 +171,9 @@ class Daemon:
         cache = self.settings.content_cache
         cache = default_content_cache() if cache is None else cache
         if cache > 0:
-            self.plain_cache = opts["plain_cache"] = PlainCache(cache)  # shared, as contents are
+            # shared, as contents are; decoded ahead of readers by a process of its own
+            self.plain_cache = opts["plain_cache"] = PlainCache(
+                cache, decoder=Decoder(self.store, self.home.store))
         self.spawner = Spawner(self.store, self.home.spawns, max_per_user=self.settings.spawnmax,
                                engine_options=opts)
         with contextlib.suppress(FileNotFoundError):

@@ -9,6 +9,7 @@ one tree share the decoded content; the daemon reports the cache's work."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -353,3 +355,57 @@ def test_a_burst_of_reads_with_a_write_inside_is_answered_in_order(env: Env) -> 
 
     _run(body())
     env.node.grid("kill", "--force", sid, user=env.alice)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def test_a_first_read_is_decoded_ahead_by_the_decoder_process_which_ends_with_the_daemon(
+        tmp_path) -> None:
+    """A sequential first read of a large base file: the bytes are right, the daemon's
+    decoder process decoded part of them (docs/store.md, "Decoded contents"), and a SIGKILL
+    of the daemon ends that process too (it reads the end of its socket)."""
+    data = _content(9, 12 * MIB + 5)
+    n = new_node()
+    try:
+        n.init()
+        n.import_shared(n.write_tree({"huge": data}), "t")
+        n.start()
+        sid = n.grid("spawn", "-q", "t").stdout.strip()
+        out = tmp_path / "out"
+        diodcat = shutil.which("diodcat") or "/usr/sbin/diodcat"
+        with open(out, "wb") as f:
+            subprocess.run([diodcat, "-s", str(n.home / "run" / "9p.sock"), "-a", sid, "-m", "65536",
+                            "huge"], stdout=f, check=True, timeout=60)
+        assert out.read_bytes() == data
+        with DaemonClient(n.home / "run" / "grid.sock", timeout=10) as c:
+            stats = c.call("ping")["content_cache"]
+        assert stats["decoder_runs"] > 0 and stats["ahead_fills"] > 0, stats
+        assert n.proc is not None
+        helpers = [p for p in _children(n.proc.pid)
+                   if b"store.decoder" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(helpers) == 1
+        n.kill9()
+        stat = Path(f"/proc/{helpers[0]}/stat")
+
+        def ended() -> bool:  # gone, or a zombie waiting for whoever adopted it
+            with contextlib.suppress(OSError):
+                return stat.read_text().rpartition(")")[2].split()[0] == "Z"
+            return True
+
+        deadline = time.monotonic() + 15
+        while not ended() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ended()
+    finally:
+        n.close()

@@ -1,0 +1,268 @@
+"""A decoder process: decodes ranges of hash trees straight into memory files, on another CPU.
+
+The decoded-content cache (store.plaincache) decodes the extents ahead of a sequential reader
+while the reader is served. Done by a thread of the daemon, that decode and the serving take
+the interpreter lock in turns thousands of times per megabyte: measured on a 2-CPU machine,
+~40 % of the daemon's time then goes to thread switches and lock hand-overs
+(docs/benchmarks.md, "Cold reads"). This module moves that decode into a process of its own:
+
+* the process opens the block store **read-only** (as `grid` commands do beside a daemon) and
+  verifies every block it reads, exactly as the daemon's own reads do;
+* each memory file it writes into is handed to it once, over a Unix socket (SCM_RIGHTS), and
+  let go when the cache drops the content;
+* a request names a memory file, a tree root and a byte range; the reply says whether the
+  range was decoded whole. Nothing the process writes is served before its reply says so,
+  and a range it could not decode (a block it cannot see yet, a corrupt one, the process
+  gone) is decoded by the daemon itself, which then meets any error in the ordinary way.
+
+Wire (SOCK_SEQPACKET, one message per request or reply, little-endian): a request is
+``kind[1] id[8] lo[8] hi[8] root[32]`` with kind ``O`` (open: the memory file rides along as
+SCM_RIGHTS, ``lo`` its size), ``D`` (decode [lo, hi) of the tree *root* into file *id*) or
+``C`` (close file *id*); a reply to ``D`` is ``id[8] lo[8] hi[8] ok[1]``, in request order.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from pathlib import Path
+
+_REQUEST = struct.Struct("<cQQQ32s")
+_REPLY = struct.Struct("<QQQB")
+RESTART_AFTER = 5.0  # seconds before a decoder process that died is started again
+
+log = logging.getLogger("grid.store.decoder")
+
+
+class Decoder:
+    """The daemon's end: starts the process on first use, sends requests, and completes
+    them from a reader thread. Thread-safe. *store* is the store object in this process
+    whose files the decoder process reads (readers of any other store are not sent)."""
+
+    def __init__(self, store: object, path: str | os.PathLike[str]) -> None:
+        self.store = store
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pending: collections.deque[tuple[Future[bool], Callable[[bool], None]]] = collections.deque()
+        self._opened: set[int] = set()
+        self._died_at = -RESTART_AFTER
+        self._closed = False
+        self.decoded = 0  # ranges decoded whole by the process (statistics, for tests)
+
+    @property
+    def running(self) -> bool:
+        return self._sock is not None
+
+    def submit(self, ident: int, fd: int, size: int, root: bytes, lo: int, hi: int,
+               done: Callable[[bool], None]) -> Future[bool] | None:
+        """Ask for [lo, hi) of tree *root* decoded into memory file *fd* (the content
+        *ident*, of *size* bytes). *done(ok)* runs in the reader thread before the returned
+        future completes with *ok*, so that a waiter on the future sees what *done* did.
+        None: no process to ask (closed, or restarting); decode it some other way."""
+        with self._lock:
+            if self._closed or (self._sock is None and not self._start()):
+                return None
+            sock = self._sock
+            assert sock is not None
+            fut: Future[bool] = Future()
+            fut.set_running_or_notify_cancel()  # sent at once: it cannot be taken back
+            try:
+                if ident not in self._opened:
+                    fds = array.array("i", [fd]).tobytes()
+                    sock.sendmsg([_REQUEST.pack(b"O", ident, size, 0, bytes(32))],
+                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                    self._opened.add(ident)
+                self._pending.append((fut, done))
+                sock.send(_REQUEST.pack(b"D", ident, lo, hi, bytes(root)))
+            except OSError:
+                if self._pending and self._pending[-1][0] is fut:
+                    self._pending.pop()
+                self._lost_locked()
+                return None
+            return fut
+
+    def forget(self, ident: int) -> None:
+        """The cache dropped content *ident*: the process closes its memory file."""
+        with self._lock:
+            if ident in self._opened and self._sock is not None:
+                self._opened.discard(ident)
+                try:
+                    self._sock.send(_REQUEST.pack(b"C", ident, 0, 0, bytes(32)))
+                except OSError:
+                    self._lost_locked()
+
+    def close(self) -> None:
+        """End the process (what it is doing is answered as not done)."""
+        with self._lock:
+            self._closed = True
+            proc, sock = self._proc, self._sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_WR)  # the process reads the end and exits
+                except OSError:
+                    pass
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- the process ---------------------------------------------------------------------------
+
+    def _start(self) -> bool:
+        """Start the process (lock held); False if it died lately or cannot start."""
+        if time.monotonic() - self._died_at < RESTART_AFTER:
+            return False
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            env = dict(os.environ)
+            root = str(Path(__file__).resolve().parents[1])  # the package's own tree first
+            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "store.decoder", str(theirs.fileno()), str(self.path)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        except OSError as e:
+            ours.close()
+            log.warning("decoder process for %s could not start: %s", self.path, e)
+            self._died_at = time.monotonic()
+            return False
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._opened.clear()
+        threading.Thread(target=self._read, args=(ours, self._proc), name="grid-decoder-replies",
+                         daemon=True).start()
+        return True
+
+    def _read(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        """Complete requests as their replies come, in order; at the end of the stream
+        (the process exited or was killed) every request still open is answered not done."""
+        while True:
+            try:
+                msg = sock.recv(64)
+            except OSError:
+                msg = b""
+            if len(msg) != _REPLY.size:
+                break
+            ok = _REPLY.unpack(msg)[3] == 1
+            with self._lock:
+                if not self._pending:
+                    break  # a reply to nothing: the stream is not to be trusted
+                fut, done = self._pending.popleft()
+                self.decoded += ok
+            _complete(fut, done, ok)
+        with self._lock:
+            if self._sock is sock:
+                self._lost_locked()
+            left = list(self._pending) if self._sock is None else []
+            if self._sock is None:
+                self._pending.clear()
+        sock.close()
+        for fut, done in left:
+            _complete(fut, done, False)
+        if proc.poll() is None:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _lost_locked(self) -> None:
+        if self._sock is not None:
+            if not self._closed:
+                log.warning("decoder process for %s ended; the daemon decodes itself for %.0f s",
+                            self.path, RESTART_AFTER)
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._sock = None
+        self._died_at = time.monotonic()
+
+
+def _complete(fut: Future[bool], done: Callable[[bool], None], ok: bool) -> None:
+    try:
+        done(ok)
+    except Exception:
+        log.exception("completing a decode")
+        ok = False
+    fut.set_result(ok)
+
+
+# -- the process's side --------------------------------------------------------------------------
+
+
+def serve(sock: socket.socket, path: str) -> None:
+    """The process's loop: requests in, decoded ranges and replies out, until end of stream."""
+    from store.hashtree import TreeReader
+    from store.local import LocalStore
+    from store.plaincache import decode_range, pwrite_all
+
+    store = LocalStore.open(path, readonly=True)
+    files: dict[int, int] = {}
+    try:
+        while True:
+            msg, anc, _flags, _addr = sock.recvmsg(_REQUEST.size, socket.CMSG_SPACE(4))
+            if not msg:
+                return
+            kind, ident, lo, hi, root = _REQUEST.unpack(msg)
+            if kind == b"O":
+                for level, type_, data in anc:
+                    if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                        old = files.pop(ident, None)
+                        if old is not None:
+                            os.close(old)
+                        files[ident] = array.array("i", data[:4])[0]
+            elif kind == b"C":
+                fd = files.pop(ident, None)
+                if fd is not None:
+                    os.close(fd)
+            elif kind == b"D":
+                ok = 0
+                fd = files.get(ident)
+                if fd is not None:
+                    for attempt in range(2):
+                        try:
+                            decode_range(TreeReader(store, root), lo, hi,
+                                         partial(pwrite_all, fd))
+                            ok = 1
+                            break
+                        except Exception:  # a block written after the store was opened
+                            # here, or corrupt: look at the store afresh once, then say no
+                            if attempt == 0:
+                                store.close()
+                                store = LocalStore.open(path, readonly=True)
+                sock.send(_REPLY.pack(ident, lo, hi, ok))
+    finally:
+        store.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m store.decoder SOCKET-FD STORE-PATH (started by the daemon)",
+              file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        serve(sock, argv[2])
+    except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,218 @@
+"""The decoder process (store.decoder) behind the decoded-content cache: a real process over
+a real Unix socket, reading a real store on disk read-only. What it decodes ahead equals the
+tree; what it cannot decode (a block it cannot see yet, a corrupt one, itself killed) the
+cache decodes itself, so readers get the right bytes or the ordinary error; dropped contents'
+memory files are let go in the process too; closing ends it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import store.decoder as decoder_mod
+from store.decoder import Decoder
+from store.errors import CorruptBlock
+from store.hashtree import TreeReader, write_bytes
+from store.local import LocalStore
+from store.plaincache import EXTENT, PlainCache
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    LocalStore.create(tmp_path / "s")
+    s = LocalStore.open(tmp_path / "s")
+    yield s
+    s.close()
+
+
+def _content(seed: int, size: int) -> bytes:
+    import random
+
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.randbytes(40 << 10) + bytes(40 << 10)  # leaves and holes
+    return bytes(out[:size])
+
+
+def _read_all(pc: PlainCache, r: TreeReader, size: int, n: int = 65512) -> bytes:
+    out = bytearray()
+    off = 0
+    while off < size:
+        got = pc.range(r, off, n)
+        assert got is not None
+        out += got.read()
+        off += n
+    return bytes(out)
+
+
+def _settle(pc: PlainCache, r: TreeReader) -> None:
+    c = pc._entries.get(bytes(r.root))
+    deadline = time.monotonic() + 10
+    while c is not None and c.ahead is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _memfds(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if "grid-content" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_the_process_decodes_ahead_and_the_bytes_are_the_tree(store: LocalStore) -> None:
+    data = _content(1, 8 * MIB + 999)
+    ref = write_bytes(store, data)
+    store.sync()
+    d = Decoder(store, store.path)
+    pc = PlainCache(64 * MIB, decoder=d)
+    try:
+        r = TreeReader(store, ref.score)
+        assert _read_all(pc, r, len(data)) == data
+        _settle(pc, r)
+        assert d.running and d.decoded > 0  # the process did part of the work
+        assert pc.ahead_fills > 0
+        assert set(pc._entries[bytes(r.root)].have) == {1}
+        assert pc.held == len(data)
+        again = pc.range(r, 5 * MIB + 3, 2 * MIB)  # and what it wrote reads back whole
+        assert again is not None and again.read() == data[5 * MIB + 3:7 * MIB + 3]
+    finally:
+        pc.close()
+    assert not d.running or d._proc is None or d._proc.poll() is not None
+
+
+def test_a_block_the_process_cannot_see_is_decoded_here(store: LocalStore) -> None:
+    first = _content(2, 3 * MIB)
+    ref1 = write_bytes(store, first)
+    store.sync()
+    d = Decoder(store, store.path)
+    pc = PlainCache(64 * MIB, decoder=d)
+    try:
+        r1 = TreeReader(store, ref1.score)
+        assert _read_all(pc, r1, len(first)) == first  # the process is up, the store open
+        _settle(pc, r1)
+        later = _content(3, 4 * MIB)
+        ref2 = write_bytes(store, later)  # not synced: in this process's store only
+        r2 = TreeReader(store, ref2.score)
+        assert _read_all(pc, r2, len(later)) == later
+        _settle(pc, r2)
+        assert pc._entries[bytes(r2.root)].by_process is False  # asked once, then not again
+        assert set(pc._entries[bytes(r2.root)].have) == {1}
+    finally:
+        pc.close()
+
+
+def test_a_corrupt_leaf_is_the_readers_error(tmp_path: Path) -> None:
+    LocalStore.create(tmp_path / "s")
+    store = LocalStore.open(tmp_path / "s")
+    data = os.urandom(4 * MIB)
+    ref = write_bytes(store, data)
+    store.close()
+    seg = max((tmp_path / "s").rglob("*.seg"), key=lambda p: p.stat().st_size)
+    raw = bytearray(seg.read_bytes())
+    pos = raw.find(data[2 * MIB + 8192:2 * MIB + 8192 + 64])  # in what is decoded ahead
+    assert pos > 0
+    raw[pos + 10] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    store = LocalStore.open(tmp_path / "s")
+    d = Decoder(store, store.path)
+    pc = PlainCache(64 * MIB, decoder=d)
+    try:
+        r = TreeReader(store, ref.score)
+        off = 0
+        with pytest.raises(CorruptBlock):
+            while off < len(data):
+                got = pc.range(r, off, EXTENT)
+                assert got is not None and got.read() == data[off:off + EXTENT]
+                off += EXTENT
+        assert MIB < off <= 2 * MIB + 8192
+        _settle(pc, r)
+        with pytest.raises(CorruptBlock):  # nothing of it was marked present
+            pc.range(r, 2 * MIB + 8192, 100)
+        assert pc.read(r, 3 * MIB, 100) == data[3 * MIB:3 * MIB + 100]
+    finally:
+        pc.close()
+        store.close()
+
+
+def test_a_killed_process_leaves_the_reads_right_and_is_started_again(
+        store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoder_mod, "RESTART_AFTER", 0.3)
+    datas = [_content(10 + i, 4 * MIB) for i in range(3)]
+    refs = [write_bytes(store, x) for x in datas]
+    store.sync()
+    d = Decoder(store, store.path)
+    pc = PlainCache(64 * MIB, decoder=d)
+    try:
+        r0 = TreeReader(store, refs[0].score)
+        assert _read_all(pc, r0, 2 * MIB) == datas[0][:2 * MIB + 65512 - (2 * MIB) % 65512]
+        assert d._proc is not None
+        old = d._proc
+        os.kill(old.pid, signal.SIGKILL)  # mid-way through the reader's file
+        got = bytearray(datas[0][:0])
+        off = 0
+        while off < len(datas[0]):
+            got += pc.read(r0, off, 65512)
+            off += 65512
+        assert bytes(got) == datas[0]
+        old.wait(10)
+        deadline = time.monotonic() + 10
+        while d.running and time.monotonic() < deadline:  # the reply thread saw it end
+            time.sleep(0.01)
+        assert not d.running
+        r1 = TreeReader(store, refs[1].score)
+        assert _read_all(pc, r1, len(datas[1])) == datas[1]  # decoded by a thread meanwhile
+        time.sleep(0.4)
+        r2 = TreeReader(store, refs[2].score)
+        decoded = d.decoded
+        assert _read_all(pc, r2, len(datas[2])) == datas[2]
+        _settle(pc, r2)
+        assert d.running and d._proc is not old and d.decoded > decoded  # a new process
+    finally:
+        pc.close()
+
+
+def test_dropped_contents_are_let_go_by_the_process(store: LocalStore) -> None:
+    datas = [_content(20 + i, 3 * MIB) for i in range(4)]
+    refs = [write_bytes(store, x) for x in datas]
+    store.sync()
+    d = Decoder(store, store.path)
+    pc = PlainCache(7 * MIB, decoder=d)  # two contents fit, not three
+    try:
+        for ref, x in zip(refs, datas, strict=True):
+            r = TreeReader(store, ref.score)
+            assert _read_all(pc, r, len(x)) == x
+            _settle(pc, r)
+        assert d._proc is not None
+        pid = d._proc.pid
+        deadline = time.monotonic() + 10
+        while _memfds(pid) > len(pc) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(pc) == 2 and _memfds(pid) <= 2  # the dropped ones' memory files closed
+        pc.clear()
+        deadline = time.monotonic() + 10
+        while _memfds(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _memfds(pid) == 0
+    finally:
+        pc.close()
+    assert d._proc.poll() is not None  # closing ended the process
+
+
+def test_the_process_refuses_a_wrong_command_line() -> None:
+    p = subprocess.run([sys.executable, "-m", "store.decoder"], capture_output=True, text=True,
+                       cwd=ROOT, check=False)
+    assert p.returncode == 2 and "usage" in p.stderr
