@@ -38,10 +38,11 @@ from typing import Any
 
 from grid.daemon.sharedlink import SharedLink
 from spawn.cred import Cred
+from spawn.ninep.attachment import Attachment, Resolver
 from spawn.ninep.locks import LockTable
 from spawn.ninep.messages import NONUNAME
 from spawn.ninep.server import Session
-from spawn.ninep.session import STREAM_LIMIT, Attachment, Peer, Resolver
+from spawn.ninep.session import STREAM_LIMIT, Peer
 from spawn.spawner import SpawnError
 
 log = logging.getLogger("grid.daemon.9p")

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spawn.engine import Attr
-
-if TYPE_CHECKING:
-    from spawn.ninep.session import Attachment
+from spawn.ninep.attachment import Attachment
 
 
 @dataclass(slots=True)

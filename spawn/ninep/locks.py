@@ -3,7 +3,7 @@
 The engine keeps no locks: they are state of the clients that are connected now, not of the
 filesystem, and they die with the connection that took them. So the table lives beside the
 server, and the node daemon shares one table between every 9P session of a spawn (the
-``locks`` field of :class:`spawn.ninep.session.Attachment`), which is what makes a lock taken
+``locks`` field of :class:`spawn.ninep.attachment.Attachment`), which is what makes a lock taken
 through one session conflict with another session's (invariant 8 asks for POSIX locks across
 clients; FUSE mounts would need the same table to join in).
 

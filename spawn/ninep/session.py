@@ -21,14 +21,15 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any
 
 from spawn.cred import Cred
-from spawn.engine import ROOT_INO, Attr
+from spawn.engine import Attr
 from spawn.ninep import messages as m9
 from spawn.ninep import sendfile
+from spawn.ninep.attachment import Attachment, Resolver
 from spawn.ninep.codec import decode, encode
 from spawn.ninep.errtext import Explained, text_of
 from spawn.ninep.fids import Fid, Turn, Turns, XattrWrite, fid_fields
@@ -47,7 +48,6 @@ from spawn.ninep.messages import (
 )
 from spawn.ninep.receiver import FrameReceiver
 from spawn.ninep.sendfile import PlainRead
-from spawn.vfslink import EngineLink
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +71,6 @@ XATTR_REPLACE = 2
 _U64 = (1 << 64) - 1
 
 
-# --- what an attach resolves to -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    """One attach's view of a spawn, as the resolver grants it.
-
-    ``link`` reaches the spawn's engine and ``root`` is the inode the attach starts at.
-    ``uid``/``gid`` own the files this attach creates; a 9P2000.L create may ask for a gid
-    in ``groups`` instead (root may ask for any). ``locks`` must be the one table of the
-    spawn, shared by every session that serves it, for locks to work across clients.
-    ``fsid`` is what statfs reports as the filesystem id.
-    """
-
-    link: EngineLink
-    uid: int
-    gid: int
-    root: int = ROOT_INO
-    groups: frozenset[int] = frozenset()
-    locks: LockTable = field(default_factory=LockTable)
-    fsid: int = 0
-    cred: Cred = field(init=False)  # what every engine call of the attach carries
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "cred", Cred(self.uid, self.gid, self.groups | {self.gid}))
-
-    def as_gid(self, gid: int) -> Cred:
-        """The attach's credentials acting with group *gid* (a 9P2000.L create's gid, which
-        ``Server._gid`` has checked), as diod's setfsgid does."""
-        return self.cred if gid == self.gid else Cred(self.uid, gid, self.cred.all_groups())
-
-
-#: ``await resolve(uname, aname, n_uname)``: the Attachment, or PermissionError/LookupError.
-Resolver = Callable[[bytes, bytes, int], Awaitable[Attachment]]
 
 
 @dataclass(frozen=True, slots=True)
