@@ -115,11 +115,7 @@ class Decoder:
                 except OSError:
                     pass
         if proc is not None:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _reap(proc)
 
     # -- the process ---------------------------------------------------------------------------
 
@@ -174,12 +170,7 @@ class Decoder:
         sock.close()
         for fut, done in left:
             _complete(fut, done, False)
-        if proc.poll() is None:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _reap(proc)
 
     def _lost_locked(self) -> None:
         if self._sock is not None:
@@ -192,6 +183,15 @@ class Decoder:
                 pass
         self._sock = None
         self._died_at = time.monotonic()
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the process to end after its socket did; kill it if it will not."""
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _complete(fut: Future[bool], done: Callable[[bool], None], ok: bool) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures: every BlockStore implementation, for the contract suite."""
+"""Fixtures: every BlockStore implementation, for the contract suite; a local store."""
 
 from __future__ import annotations
 
@@ -45,5 +45,14 @@ def any_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[BlockStore]:
 def local_store(tmp_path) -> Iterator[LocalStore]:
     LocalStore.create(tmp_path / "store")
     s = LocalStore.open(tmp_path / "store")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[LocalStore]:
+    """A local store of its own, on disk."""
+    LocalStore.create(tmp_path / "s")
+    s = LocalStore.open(tmp_path / "s")
     yield s
     s.close()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,27 +22,20 @@ from store.errors import CorruptBlock
 from store.hashtree import TreeReader, write_bytes
 from store.local import LocalStore
 from store.plaincache import EXTENT, PlainCache
+from tests.store.trees import content, store_with_a_bad_leaf
 
 MIB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    LocalStore.create(tmp_path / "s")
-    s = LocalStore.open(tmp_path / "s")
-    yield s
-    s.close()
-
-
-def _content(seed: int, size: int) -> bytes:
-    import random
-
-    rnd = random.Random(seed)
-    out = bytearray()
-    while len(out) < size:
-        out += rnd.randbytes(40 << 10) + bytes(40 << 10)  # leaves and holes
-    return bytes(out[:size])
+def cache(store: LocalStore) -> Iterator[tuple[Decoder, PlainCache]]:
+    """A decoded-content cache of 64 MiB whose decodes ahead go to a decoder process."""
+    d = Decoder(store, store.path)
+    pc = PlainCache(64 * MIB, decoder=d)
+    yield d, pc
+    pc.close()
+    assert d._proc is None or d._proc.poll() is not None  # closing ended the process
 
 
 def _read_all(pc: PlainCache, r: TreeReader, size: int, n: int = 65512) -> bytes:
@@ -73,65 +67,49 @@ def _memfds(pid: int) -> int:
     return n
 
 
-def test_the_process_decodes_ahead_and_the_bytes_are_the_tree(store: LocalStore) -> None:
-    data = _content(1, 8 * MIB + 999)
+def test_the_process_decodes_ahead_and_the_bytes_are_the_tree(
+        store: LocalStore, cache: tuple[Decoder, PlainCache]) -> None:
+    data = content(1, 8 * MIB + 999)
     ref = write_bytes(store, data)
     store.sync()
-    d = Decoder(store, store.path)
-    pc = PlainCache(64 * MIB, decoder=d)
-    try:
-        r = TreeReader(store, ref.score)
-        assert _read_all(pc, r, len(data)) == data
-        _settle(pc, r)
-        assert d.running and d.decoded > 0  # the process did part of the work
-        assert pc.ahead_fills > 0
-        assert set(pc._entries[bytes(r.root)].have) == {1}
-        assert pc.held == len(data)
-        again = pc.range(r, 5 * MIB + 3, 2 * MIB)  # and what it wrote reads back whole
-        assert again is not None and again.read() == data[5 * MIB + 3:7 * MIB + 3]
-    finally:
-        pc.close()
-    assert not d.running or d._proc is None or d._proc.poll() is not None
+    d, pc = cache
+    r = TreeReader(store, ref.score)
+    assert _read_all(pc, r, len(data)) == data
+    _settle(pc, r)
+    assert d.running and d.decoded > 0  # the process did part of the work
+    assert pc.ahead_fills > 0
+    assert set(pc._entries[bytes(r.root)].have) == {1}
+    assert pc.held == len(data)
+    again = pc.range(r, 5 * MIB + 3, 2 * MIB)  # and what it wrote reads back whole
+    assert again is not None and again.read() == data[5 * MIB + 3:7 * MIB + 3]
 
 
-def test_a_block_the_process_cannot_see_is_decoded_here(store: LocalStore) -> None:
-    first = _content(2, 3 * MIB)
+def test_a_block_the_process_cannot_see_is_decoded_here(
+        store: LocalStore, cache: tuple[Decoder, PlainCache]) -> None:
+    first = content(2, 3 * MIB)
     ref1 = write_bytes(store, first)
     store.sync()
-    d = Decoder(store, store.path)
-    pc = PlainCache(64 * MIB, decoder=d)
-    try:
-        r1 = TreeReader(store, ref1.score)
-        assert _read_all(pc, r1, len(first)) == first  # the process is up, the store open
-        _settle(pc, r1)
-        later = _content(3, 4 * MIB)
-        ref2 = write_bytes(store, later)  # not synced: in this process's store only
-        r2 = TreeReader(store, ref2.score)
-        assert _read_all(pc, r2, len(later)) == later
-        _settle(pc, r2)
-        assert pc._entries[bytes(r2.root)].by_process is False  # asked once, then not again
-        assert set(pc._entries[bytes(r2.root)].have) == {1}
-    finally:
-        pc.close()
+    d, pc = cache
+    r1 = TreeReader(store, ref1.score)
+    assert _read_all(pc, r1, len(first)) == first
+    _settle(pc, r1)
+    assert d.running and d.decoded > 0  # the process is up, the store open in it
+    later = content(3, 4 * MIB)
+    ref2 = write_bytes(store, later)  # not synced: in this process's store only
+    r2 = TreeReader(store, ref2.score)
+    assert _read_all(pc, r2, len(later)) == later
+    _settle(pc, r2)
+    assert pc._entries[bytes(r2.root)].by_process is False  # asked once, then not again
+    assert set(pc._entries[bytes(r2.root)].have) == {1}
 
 
 def test_a_corrupt_leaf_is_the_readers_error(tmp_path: Path) -> None:
-    LocalStore.create(tmp_path / "s")
-    store = LocalStore.open(tmp_path / "s")
     data = os.urandom(4 * MIB)
-    ref = write_bytes(store, data)
-    store.close()
-    seg = max((tmp_path / "s").rglob("*.seg"), key=lambda p: p.stat().st_size)
-    raw = bytearray(seg.read_bytes())
-    pos = raw.find(data[2 * MIB + 8192:2 * MIB + 8192 + 64])  # in what is decoded ahead
-    assert pos > 0
-    raw[pos + 10] ^= 0xFF
-    seg.write_bytes(bytes(raw))
-    store = LocalStore.open(tmp_path / "s")
+    store, root = store_with_a_bad_leaf(tmp_path / "s", data, 2 * MIB + 8192)  # decoded ahead
     d = Decoder(store, store.path)
     pc = PlainCache(64 * MIB, decoder=d)
     try:
-        r = TreeReader(store, ref.score)
+        r = TreeReader(store, root)
         off = 0
         with pytest.raises(CorruptBlock):
             while off < len(data):
@@ -149,44 +127,40 @@ def test_a_corrupt_leaf_is_the_readers_error(tmp_path: Path) -> None:
 
 
 def test_a_killed_process_leaves_the_reads_right_and_is_started_again(
-        store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: LocalStore, cache: tuple[Decoder, PlainCache], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoder_mod, "RESTART_AFTER", 0.3)
-    datas = [_content(10 + i, 4 * MIB) for i in range(3)]
+    datas = [content(10 + i, 4 * MIB) for i in range(3)]
     refs = [write_bytes(store, x) for x in datas]
     store.sync()
-    d = Decoder(store, store.path)
-    pc = PlainCache(64 * MIB, decoder=d)
-    try:
-        r0 = TreeReader(store, refs[0].score)
-        assert _read_all(pc, r0, 2 * MIB) == datas[0][:2 * MIB + 65512 - (2 * MIB) % 65512]
-        assert d._proc is not None
-        old = d._proc
-        os.kill(old.pid, signal.SIGKILL)  # mid-way through the reader's file
-        got = bytearray(datas[0][:0])
-        off = 0
-        while off < len(datas[0]):
-            got += pc.read(r0, off, 65512)
-            off += 65512
-        assert bytes(got) == datas[0]
-        old.wait(10)
-        deadline = time.monotonic() + 10
-        while d.running and time.monotonic() < deadline:  # the reply thread saw it end
-            time.sleep(0.01)
-        assert not d.running
-        r1 = TreeReader(store, refs[1].score)
-        assert _read_all(pc, r1, len(datas[1])) == datas[1]  # decoded by a thread meanwhile
-        time.sleep(0.4)
-        r2 = TreeReader(store, refs[2].score)
-        decoded = d.decoded
-        assert _read_all(pc, r2, len(datas[2])) == datas[2]
-        _settle(pc, r2)
-        assert d.running and d._proc is not old and d.decoded > decoded  # a new process
-    finally:
-        pc.close()
+    d, pc = cache
+    r0 = TreeReader(store, refs[0].score)
+    assert _read_all(pc, r0, 2 * MIB) == datas[0][:2 * MIB + 65512 - (2 * MIB) % 65512]
+    assert d._proc is not None
+    old = d._proc
+    os.kill(old.pid, signal.SIGKILL)  # mid-way through the reader's file
+    got = bytearray(datas[0][:0])
+    off = 0
+    while off < len(datas[0]):
+        got += pc.read(r0, off, 65512)
+        off += 65512
+    assert bytes(got) == datas[0]
+    old.wait(10)
+    deadline = time.monotonic() + 10
+    while d.running and time.monotonic() < deadline:  # the reply thread saw it end
+        time.sleep(0.01)
+    assert not d.running
+    r1 = TreeReader(store, refs[1].score)
+    assert _read_all(pc, r1, len(datas[1])) == datas[1]  # decoded by a thread meanwhile
+    time.sleep(0.4)
+    r2 = TreeReader(store, refs[2].score)
+    decoded = d.decoded
+    assert _read_all(pc, r2, len(datas[2])) == datas[2]
+    _settle(pc, r2)
+    assert d.running and d._proc is not old and d.decoded > decoded  # a new process
 
 
 def test_dropped_contents_are_let_go_by_the_process(store: LocalStore) -> None:
-    datas = [_content(20 + i, 3 * MIB) for i in range(4)]
+    datas = [content(20 + i, 3 * MIB) for i in range(4)]
     refs = [write_bytes(store, x) for x in datas]
     store.sync()
     d = Decoder(store, store.path)

@@ -16,26 +16,9 @@ from store.errors import CorruptBlock
 from store.hashtree import TreeReader, write_bytes
 from store.local import LocalStore
 from store.plaincache import EXTENT, RUN_BYTES, PlainCache, PlainRange
+from tests.store.trees import content, store_with_a_bad_leaf
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    LocalStore.create(tmp_path / "s")
-    s = LocalStore.open(tmp_path / "s")
-    yield s
-    s.close()
-
-
-def content(seed: int, size: int) -> bytes:
-    """Half random, half zeros (holes in the tree), in 100 KiB stripes: leaves of both
-    kinds and extent boundaries that fall inside leaves."""
-    rnd = random.Random(seed)
-    out = bytearray()
-    while len(out) < size:
-        out += rnd.randbytes(50 << 10) + bytes(50 << 10)
-    return bytes(out[:size])
 
 
 def tree(store: LocalStore, data: bytes) -> TreeReader:
@@ -125,22 +108,11 @@ def test_bounds_drop_least_recently_used_and_ranges_outlive_them(store: LocalSto
 
 
 def test_a_corrupt_leaf_is_an_error_and_nothing_wrong_is_kept(tmp_path: Path) -> None:
-    LocalStore.create(tmp_path / "s")
-    store = LocalStore.open(tmp_path / "s")
     data = os.urandom(2 * MIB)
-    ref = write_bytes(store, data)
-    store.close()
-    # flip a byte in the middle of the data: a leaf of the second MiB, not the tree's root
-    seg = max((tmp_path / "s").rglob("*.seg"), key=lambda p: p.stat().st_size, default=None)
-    assert seg is not None, list((tmp_path / "s").rglob("*"))
-    raw = bytearray(seg.read_bytes())
-    pos = raw.find(data[MIB + 4096:MIB + 4096 + 64])
-    assert pos > 0
-    raw[pos + 10] ^= 0xFF
-    seg.write_bytes(bytes(raw))
-    store = LocalStore.open(tmp_path / "s")
+    # a leaf of the second MiB, not the tree's root
+    store, root = store_with_a_bad_leaf(tmp_path / "s", data, MIB + 4096)
     try:
-        r = TreeReader(store, ref.score)
+        r = TreeReader(store, root)
         pc = PlainCache(64 * MIB)
         assert pc.range(r, 0, 4096).read() == data[:4096]  # type: ignore[union-attr]
         for _ in range(2):  # and again: the failed extents were not marked present
@@ -318,21 +290,12 @@ def test_a_decode_ahead_not_yet_begun_is_taken_back(store: LocalStore) -> None:
 
 
 def test_a_corrupt_leaf_ahead_is_the_readers_error(tmp_path: Path) -> None:
-    LocalStore.create(tmp_path / "s")
-    store = LocalStore.open(tmp_path / "s")
     data = os.urandom(4 * MIB)
-    ref = write_bytes(store, data)
-    store.close()
-    seg = max((tmp_path / "s").rglob("*.seg"), key=lambda p: p.stat().st_size)
-    raw = bytearray(seg.read_bytes())
-    pos = raw.find(data[2 * MIB + 8192:2 * MIB + 8192 + 64])  # in the 2nd run's ahead
-    assert pos > 0
-    raw[pos + 10] ^= 0xFF
-    seg.write_bytes(bytes(raw))
-    store = LocalStore.open(tmp_path / "s")
+    # a leaf in what the second run has decoded ahead
+    store, root = store_with_a_bad_leaf(tmp_path / "s", data, 2 * MIB + 8192)
     pc = PlainCache(64 * MIB)
     try:
-        r = TreeReader(store, ref.score)
+        r = TreeReader(store, root)
         off = 0
         with pytest.raises(CorruptBlock):
             while off < len(data):
