@@ -27,6 +27,7 @@ import array
 import collections
 import logging
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -256,10 +257,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m store.decoder SOCKET-FD STORE-PATH (started by the daemon)",
               file=sys.stderr)
         return 2
+    # A ^C at the terminal reaches the whole process group: the daemon stops on it and this
+    # process with the daemon's socket, not before it (the daemon would think it died).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     try:
         serve(sock, argv[2])
-    except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+    except (BrokenPipeError, ConnectionResetError):
         pass
     return 0
 
