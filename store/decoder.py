@@ -215,6 +215,20 @@ def serve(sock: socket.socket, path: str) -> None:
 
     store = LocalStore.open(path, readonly=True)
     files: dict[int, int] = {}
+    # A tree's reader keeps its decoded interior nodes: one per root, for the runs after the
+    # first (without it every 1 MiB run decoded the pointer blocks above it again).
+    readers: collections.OrderedDict[bytes, TreeReader] = collections.OrderedDict()
+
+    def reader_of(root: bytes) -> TreeReader:
+        r = readers.get(root)
+        if r is None:
+            r = readers[root] = TreeReader(store, root)
+            if len(readers) > 16:
+                readers.popitem(last=False)
+        else:
+            readers.move_to_end(root)
+        return r
+
     try:
         while True:
             msg, anc, _flags, _addr = sock.recvmsg(_REQUEST.size, socket.CMSG_SPACE(4))
@@ -238,7 +252,7 @@ def serve(sock: socket.socket, path: str) -> None:
                 if fd is not None:
                     for attempt in range(2):
                         try:
-                            decode_range(TreeReader(store, root), lo, hi,
+                            decode_range(reader_of(root), lo, hi,
                                          partial(pwrite_all, fd))
                             ok = 1
                             break
@@ -247,6 +261,7 @@ def serve(sock: socket.socket, path: str) -> None:
                             if attempt == 0:
                                 store.close()
                                 store = LocalStore.open(path, readonly=True)
+                                readers.clear()
                 sock.send(_REPLY.pack(ident, lo, hi, ok))
     finally:
         store.close()

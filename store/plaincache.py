@@ -114,11 +114,13 @@ _IDENTS = itertools.count(1)
 
 
 class _Content:
-    __slots__ = ("ahead", "by_process", "file", "have", "held", "ident", "next", "size")
+    __slots__ = ("ahead", "ahead_reader", "by_process", "file", "have", "held", "ident", "next",
+                 "size")
 
     def __init__(self, size: int) -> None:
         self.ident = next(_IDENTS)  # its name to a decoder process
         self.by_process = True  # False once the decoder process could not decode part of it
+        self.ahead_reader: TreeReader | None = None  # the decode-ahead thread's own reader
         self.file = _MemFile(size)
         self.size = size
         self.have = bytearray(-(-size // EXTENT))  # each extent's state (MISSING, ...)
@@ -257,11 +259,14 @@ class PlainCache:
                 self._undo_ahead(c, start, stop)
 
     def _ahead(self, store: BlockStore, root: bytes, c: _Content, key: bytes, start: int, stop: int) -> None:
-        """The background decode: its own tree reader (a reader's caches are its thread's)."""
+        """The background decode, by the one thread of the pool: its own tree reader (a
+        reader's caches are its thread's), kept with the content."""
         try:
             todo = [x for x in range(start, stop) if c.have[x] == AHEAD]
             if todo:
-                self._decode(TreeReader(store, root), c, key, todo[0], todo[-1] + 1)
+                if c.ahead_reader is None:  # kept for the next run: its interior nodes
+                    c.ahead_reader = TreeReader(store, root)
+                self._decode(c.ahead_reader, c, key, todo[0], todo[-1] + 1)
                 self.ahead_fills += len(todo)
         except Exception:  # the reader decodes these extents itself and meets the error
             pass
