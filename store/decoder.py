@@ -67,6 +67,13 @@ class Decoder:
     def running(self) -> bool:
         return self._sock is not None
 
+    def start(self) -> bool:
+        """Start the process now rather than at the first request (its interpreter takes
+        ~0.1 s to come up: a daemon starts it beside its own start, so that the first read
+        does not wait for it). False if it could not start (requests then start it again)."""
+        with self._lock:
+            return not self._closed and (self._sock is not None or self._start())
+
     def submit(self, ident: int, fd: int, size: int, root: bytes, lo: int, hi: int,
                done: Callable[[bool], None]) -> Future[bool] | None:
         """Ask for [lo, hi) of tree *root* decoded into memory file *fd* (the content

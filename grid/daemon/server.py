@@ -172,8 +172,9 @@ class Daemon:
         cache = default_content_cache() if cache is None else cache
         if cache > 0:
             # shared, as contents are; decoded ahead of readers by a process of its own
-            self.plain_cache = opts["plain_cache"] = PlainCache(
-                cache, decoder=Decoder(self.store, self.home.store))
+            decoder = Decoder(self.store, self.home.store)
+            decoder.start()  # comes up beside the daemon; started again on use if it fails
+            self.plain_cache = opts["plain_cache"] = PlainCache(cache, decoder=decoder)
         self.spawner = Spawner(self.store, self.home.spawns, max_per_user=self.settings.spawnmax,
                                engine_options=opts)
         with contextlib.suppress(FileNotFoundError):

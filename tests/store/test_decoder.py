@@ -190,3 +190,14 @@ def test_the_process_refuses_a_wrong_command_line() -> None:
     p = subprocess.run([sys.executable, "-m", "store.decoder"], capture_output=True, text=True,
                        cwd=ROOT, check=False)
     assert p.returncode == 2 and "usage" in p.stderr
+
+
+def test_started_beforehand_once_and_not_after_close(store: LocalStore) -> None:
+    d = Decoder(store, store.path)
+    assert d.start() and d.running
+    proc = d._proc
+    assert d.start() and d._proc is proc  # already up: the same process
+    d.close()
+    assert proc is not None and proc.poll() is not None
+    assert not d.start()  # closed: nothing more starts
+    assert d.submit(1, 0, 1, bytes(32), 0, 1, lambda ok: None) is None
