@@ -1,15 +1,16 @@
 """bench/ssh: sequential read and write through sshfs (the daemon's SFTP service) beside a FUSE
 mount (`grid mount`) of the same spawn, in one run.
 
-    .venv/bin/python bench/ssh.py [--mib 128] [--runs 3]
+    .venv/bin/python bench/ssh.py [--mib 128] [--runs 3] [--cipher aes128-gcm@openssh.com]
 
 One grid home, one imported file of --mib MiB of random bytes, one spawn of it, mounted three
 times: by `grid mount` (FUSE, through the daemon), by `sshfs` to `grid serve --ssh` (asyncssh
 in the daemon, an ed25519 key listed in ndb for root) and by `sshfs` to OpenSSH's sshd running
 grid's bridge as its sftp subsystem (`sshd -D -f CONFIG` on a spare port with a config and host
 key of its own, the system's sshd untouched; docs/ssh.md, "OpenSSH in front"). The SFTP server
-is the daemon's in both sshfs cases; only the SSH transport differs. Each figure is the best
-of --runs:
+is the daemon's in both sshfs cases; only the SSH transport differs; its cipher is ssh's
+default (chacha20-poly1305) unless --cipher names one (on a CPU with AES instructions
+AES-GCM is the faster: docs/benchmarks.md "Cold reads"). Each figure is the best of --runs:
 
 * read: `dd` of the imported file to /dev/null with 1 MiB blocks, the mounts in turn, each
   --runs times (FUSE's first read is from the block store, its others from the page cache;
@@ -77,11 +78,15 @@ COMMITTED = 2.5
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
-def mount_sshfs(port: int, remote: str, mnt: Path, key: Path) -> None:
+def mount_sshfs(port: int, remote: str, mnt: Path, key: Path, cipher: str = "") -> None:
+    """sshfs of *remote* at *mnt*; *cipher*: the SSH cipher to ask for (else ssh's default,
+    chacha20-poly1305 in OpenSSH 9)."""
+    opts = (f"IdentityFile={key},IdentitiesOnly=yes,"
+            "BatchMode=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null")
+    if cipher:
+        opts += f",Ciphers={cipher}"
     subprocess.run(["sshfs", "-F", "/dev/null", "-p", str(port), f"root@127.0.0.1:{remote}",
-                    str(mnt), "-o", f"IdentityFile={key},IdentitiesOnly=yes,"
-                    "BatchMode=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null"],
-                   check=True, capture_output=True)
+                    str(mnt), "-o", opts], check=True, capture_output=True)
 
 
 def start_sshd(base: Path, keys: Path, subsystem: str, tag: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -159,6 +164,9 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--profile", type=Path, help="py-spy the daemon per sshfs mount into DIR")
+    ap.add_argument("--cipher", default="",
+                    help="SSH cipher for every sshfs mount (e.g. aes128-gcm@openssh.com; "
+                         "default: ssh's own choice)")
     args = ap.parse_args()
     for tool in ("sshfs", "ssh", "ssh-keygen", "fusermount3"):
         if shutil.which(tool) is None:
@@ -196,12 +204,12 @@ def main() -> int:
         sid = grid(home, "spawn", "-q", "bench").strip()
         fuse.mkdir()
         sshfs.mkdir()
-        mount_sshfs(port, f"/{sid}", sshfs, keys / "k")
+        mount_sshfs(port, f"/{sid}", sshfs, keys / "k", args.cipher)
         if os.path.exists(SSHD):
             sshd.append(start_sshd(base, keys, f"{sys.executable} -m grid.sftp_bridge "
                                                f"{home / 'run' / 'sftp.sock'}", "bridge"))
             opensshfs.mkdir()
-            mount_sshfs(sshd[-1][1], f"/{sid}", opensshfs, keys / "k")
+            mount_sshfs(sshd[-1][1], f"/{sid}", opensshfs, keys / "k", args.cipher)
             mounts.append(("OpenSSH", opensshfs))
         alone = []  # before the FUSE mount exists: no other client to tell of each change
         for i in range(args.runs):
@@ -211,7 +219,7 @@ def main() -> int:
         if os.path.exists(SFTP_SERVER):  # the reference: OpenSSH's own server over the FUSE mount
             sshd.append(start_sshd(base, keys, SFTP_SERVER, "sftp-server"))
             overfuse.mkdir()
-            mount_sshfs(sshd[-1][1], str(fuse), overfuse, keys / "k")
+            mount_sshfs(sshd[-1][1], str(fuse), overfuse, keys / "k", args.cipher)
             mounts.append(("sftp-srv", overfuse))
         mounts[:0] = [("FUSE", fuse), ("asyncssh", sshfs)]
         print(f"bench/ssh: load average {os.getloadavg()[0]:.1f} before", flush=True)
@@ -227,7 +235,8 @@ def main() -> int:
                 os.unlink(mnt / f"w{i}")
         print(f"bench/ssh: {args.mib} MiB, MB/s; sshfs through asyncssh (grid serve --ssh), "
               "through OpenSSH's sshd with grid.sftp_bridge, and OpenSSH's sftp-server over "
-              f"the FUSE mount; load average {os.getloadavg()[0]:.1f} after")
+              f"the FUSE mount; cipher {args.cipher or 'ssh default'}; load average "
+              f"{os.getloadavg()[0]:.1f} after")
         others = [label for label, _ in mounts[1:]]
         print(f"{'':24}{'FUSE':>9}" + "".join(f"{o:>10}{'/FUSE':>7}" for o in others))
         rows = {
