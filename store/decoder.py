@@ -102,6 +102,17 @@ class Decoder:
                 return None
             return fut
 
+    def stuck(self, fut: Future[bool]) -> None:
+        """A reader waited for *fut* longer than a decode should take: if it is still this
+        process's to answer, the process is stopped or stuck; it is killed (its requests
+        are answered not done, and a new one starts later)."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or not any(f is fut for f, _ in self._pending):
+                return
+            log.warning("decoder process for %s answers nothing: killed", self.path)
+        proc.kill()
+
     def forget(self, ident: int) -> None:
         """The cache dropped content *ident*: the process closes its memory file."""
         with self._lock:

@@ -39,9 +39,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from store.base import BlockStore
 from store.hashtree import TreeReader
@@ -50,6 +51,7 @@ EXTENT = 64 << 10  # the unit filled and remembered as present
 RUN_BYTES = 1 << 20  # what a sequential read decodes at once
 AHEAD_BYTES = 2 << 20  # what is decoded ahead of a sequential reader, in the background
 MISSING, PRESENT, AHEAD = 0, 1, 2  # an extent's state (AHEAD: being decoded ahead)
+AHEAD_WAIT = 2.0  # seconds a reader waits for a decode ahead before doing it itself
 MIN_SIZE = 1 << 20
 MAX_ENTRIES = 512
 
@@ -107,6 +109,8 @@ class Decoder(Protocol):
 
     def forget(self, ident: int) -> None: ...
 
+    def stuck(self, fut: Future[bool]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -114,8 +118,8 @@ _IDENTS = itertools.count(1)
 
 
 class _Content:
-    __slots__ = ("ahead", "ahead_reader", "by_process", "file", "have", "held", "ident", "next",
-                 "size")
+    __slots__ = ("ahead", "ahead_gen", "ahead_reader", "by_process", "file", "have", "held",
+                 "ident", "next", "size")
 
     def __init__(self, size: int) -> None:
         self.ident = next(_IDENTS)  # its name to a decoder process
@@ -126,7 +130,8 @@ class _Content:
         self.have = bytearray(-(-size // EXTENT))  # each extent's state (MISSING, ...)
         self.held = 0  # bytes of extents filled
         self.next = -1  # where the last read ended: a read starting there is sequential
-        self.ahead: Future[None] | None = None  # the decode ahead of a reader, if one is due
+        self.ahead: Future[Any] | None = None  # the decode ahead of a reader, if one is due
+        self.ahead_gen = 0  # counts them: a late end of one taken back leaves the next alone
 
 
 class PlainCache:
@@ -244,21 +249,26 @@ class PlainCache:
             for x in range(start, stop):
                 if c.have[x] == MISSING:
                     c.have[x] = AHEAD
+            c.ahead_gen += 1
+            gen = c.ahead_gen
             d = self.decoder
             if d is not None and c.by_process and reader.store is d.store:
                 c.ahead = d.submit(c.ident, c.file.fd, c.size, bytes(reader.root), start * EXTENT,
                                    min(c.size, stop * EXTENT),
-                                   partial(self._ahead_done, c, key, start, stop))
+                                   partial(self._ahead_done, c, key, start, stop, gen))
                 if c.ahead is not None:
                     return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="grid-decode-ahead")
             try:
-                c.ahead = self._pool.submit(self._ahead, reader.store, reader.root, c, key, start, stop)
+                c.ahead = self._pool.submit(self._ahead, reader.store, reader.root, c, key, start,
+                                            stop, gen)
             except RuntimeError:  # shut down meanwhile: decode as it comes
+                c.ahead = None
                 self._undo_ahead(c, start, stop)
 
-    def _ahead(self, store: BlockStore, root: bytes, c: _Content, key: bytes, start: int, stop: int) -> None:
+    def _ahead(self, store: BlockStore, root: bytes, c: _Content, key: bytes, start: int, stop: int,
+               gen: int) -> None:
         """The background decode, by the one thread of the pool: its own tree reader (a
         reader's caches are its thread's), kept with the content."""
         try:
@@ -271,18 +281,25 @@ class PlainCache:
         except Exception:  # the reader decodes these extents itself and meets the error
             pass
         finally:
-            self._undo_ahead(c, start, stop)
-            c.ahead = None
+            self._ended_ahead(c, start, stop, gen)
 
-    def _ahead_done(self, c: _Content, key: bytes, start: int, stop: int, ok: bool) -> None:
+    def _ahead_done(self, c: _Content, key: bytes, start: int, stop: int, gen: int,
+                    ok: bool) -> None:
         """The decoder process's answer for extents start..stop-1 (its reply thread)."""
         if ok:
             self._present(c, key, start, stop)
             self.ahead_fills += stop - start
         else:  # a block it cannot see (fetched from a peer, newer than its view) or worse
             c.by_process = False
+        self._ended_ahead(c, start, stop, gen)
+
+    def _ended_ahead(self, c: _Content, start: int, stop: int, gen: int) -> None:
+        """Decode ahead number *gen* of *c* ended: what it left AHEAD is missing again, and
+        the next may start (unless this one was taken back and another runs already)."""
         self._undo_ahead(c, start, stop)
-        c.ahead = None
+        with self._lock:
+            if c.ahead_gen == gen:
+                c.ahead = None
 
     def _undo_ahead(self, c: _Content, start: int, stop: int) -> None:
         with self._lock:
@@ -297,14 +314,20 @@ class PlainCache:
         if fut is None:
             return
         if not fut.cancel():
-            fut.exception()  # waits; a failure leaves the extents missing, decoded below
-            return
-        with self._lock:  # cancelled before it ran: its extents are ours again
+            try:  # a failure leaves the extents missing, decoded below
+                fut.exception(timeout=AHEAD_WAIT)
+                return
+            except FutureTimeout:  # a decoder process that does not answer (stopped, stuck):
+                c.by_process = False  # take them back; its late bytes are the same bytes
+                if self.decoder is not None:
+                    self.decoder.stuck(fut)
+        with self._lock:  # cancelled before it ran, or taken back: its extents are ours
             for x in range(len(c.have)):
                 if c.have[x] == AHEAD:
                     c.have[x] = MISSING
             if c.ahead is fut:
                 c.ahead = None
+                c.ahead_gen += 1  # its end, when it comes, is not the current one's
 
     # -- filling and dropping -----------------------------------------------------------------
 

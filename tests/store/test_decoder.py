@@ -6,6 +6,7 @@ memory files are let go in the process too; closing ends it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -201,3 +202,37 @@ def test_started_beforehand_once_and_not_after_close(store: LocalStore) -> None:
     assert proc is not None and proc.poll() is not None
     assert not d.start()  # closed: nothing more starts
     assert d.submit(1, 0, 1, bytes(32), 0, 1, lambda ok: None) is None
+
+
+def test_a_stopped_process_holds_no_reader_up_and_is_killed(
+        store: LocalStore, cache: tuple[Decoder, PlainCache], monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.plaincache as plaincache_mod
+
+    monkeypatch.setattr(plaincache_mod, "AHEAD_WAIT", 0.3)
+    data = content(30, 6 * MIB)
+    ref = write_bytes(store, data)
+    store.sync()
+    d, pc = cache
+    r = TreeReader(store, ref.score)
+    assert _read_all(pc, r, 2 * MIB) == data[:2 * MIB + 65512 - (2 * MIB) % 65512]
+    stopped = d._proc
+    assert stopped is not None
+    os.kill(stopped.pid, signal.SIGSTOP)  # alive, holding its requests, answering nothing
+    try:
+        t0 = time.monotonic()
+        got = bytearray()
+        off = 0
+        while off < len(data):
+            got += pc.read(r, off, 65512)
+            off += 65512
+        assert bytes(got) == data
+        assert time.monotonic() - t0 < 5  # one wait of AHEAD_WAIT, then decoded here
+        assert pc._entries[bytes(r.root)].by_process is False
+        stopped.wait(10)  # and the process that answered nothing was killed
+        assert stopped.returncode == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped.pid, signal.SIGCONT)
+    _settle(pc, r)
+    assert pc.read(r, 3 * MIB, MIB) == data[3 * MIB:4 * MIB]
+    assert set(pc._entries[bytes(r.root)].have) == {1}
