@@ -47,8 +47,8 @@ log = logging.getLogger("grid.store.decoder")
 
 
 class Decoder:
-    """The daemon's end: starts the process on first use, sends requests, and completes
-    them from a reader thread. Thread-safe. *store* is the store object in this process
+    """The daemon's end: starts the process (``start``, or at the first request), sends
+    requests, and completes them from a reader thread. Thread-safe. *store* is the store object in this process
     whose files the decoder process reads (readers of any other store are not sent)."""
 
     def __init__(self, store: object, path: str | os.PathLike[str]) -> None:
@@ -157,6 +157,9 @@ class Decoder:
             return False
         finally:
             theirs.close()
+        # A send never blocks the caller (who holds the cache's lock) for long: a process
+        # that reads nothing is answered by a failed send (then it is given up).
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
         self._sock = ours
         self._opened.clear()
         threading.Thread(target=self._read, args=(ours, self._proc), name="grid-decoder-replies",
