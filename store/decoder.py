@@ -42,6 +42,7 @@ from pathlib import Path
 _REQUEST = struct.Struct("<cQQQ32s")
 _REPLY = struct.Struct("<QQQB")
 RESTART_AFTER = 5.0  # seconds before a decoder process that died is started again
+LOOK_EVERY = 2.0  # seconds between the idle process's looks for segment files removed
 
 log = logging.getLogger("grid.store.decoder")
 
@@ -250,9 +251,23 @@ def serve(sock: socket.socket, path: str) -> None:
             readers.move_to_end(root)
         return r
 
+    def refresh() -> None:
+        nonlocal store
+        store.close()
+        store = LocalStore.open(path, readonly=True)
+        readers.clear()
+
+    # Waiting for requests, it looks every few seconds whether the daemon's prune removed a
+    # segment file it has open: the disk gets that space back only when it lets go.
+    sock.settimeout(LOOK_EVERY)
     try:
         while True:
-            msg, anc, _flags, _addr = sock.recvmsg(_REQUEST.size, socket.CMSG_SPACE(4))
+            try:
+                msg, anc, _flags, _addr = sock.recvmsg(_REQUEST.size, socket.CMSG_SPACE(4))
+            except TimeoutError:
+                if store.holds_removed_segments():
+                    refresh()
+                continue
             if not msg:
                 return
             kind, ident, lo, hi, root = _REQUEST.unpack(msg)
@@ -271,6 +286,8 @@ def serve(sock: socket.socket, path: str) -> None:
                 ok = 0
                 fd = files.get(ident)
                 if fd is not None:
+                    if store.holds_removed_segments():
+                        refresh()
                     for attempt in range(2):
                         try:
                             decode_range(reader_of(root), lo, hi,
@@ -280,9 +297,7 @@ def serve(sock: socket.socket, path: str) -> None:
                         except Exception:  # a block written after the store was opened
                             # here, or corrupt: look at the store afresh once, then say no
                             if attempt == 0:
-                                store.close()
-                                store = LocalStore.open(path, readonly=True)
-                                readers.clear()
+                                refresh()
                 sock.send(_REPLY.pack(ident, lo, hi, ok))
     finally:
         store.close()
@@ -296,6 +311,11 @@ def main(argv: list[str]) -> int:
     # A ^C at the terminal reaches the whole process group: the daemon stops on it and this
     # process with the daemon's socket, not before it (the daemon would think it died).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The daemon's own store reports damage; this process's read-only view falls behind the
+    # daemon's (a prune removes segments it has open, moves blocks past the segments it
+    # knows), which its store would log as damage that is not there. What it cannot read it
+    # answers "not done" after a fresh look, and the daemon reads it (and reports it if real).
+    logging.getLogger("store").setLevel(logging.CRITICAL + 1)
     sock = socket.socket(fileno=int(argv[1]))
     try:
         serve(sock, argv[2])

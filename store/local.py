@@ -881,6 +881,20 @@ class LocalStore(BlockStore):
         with self._wlock:
             return list(self._starts)
 
+    def holds_removed_segments(self) -> bool:
+        """Whether a segment file this store has open for reading was removed meanwhile (by
+        the writer's prune, when this store is a read-only view beside it): its disk space
+        comes back only when this store lets go of it (close, and open again)."""
+        with self._wlock:
+            fds = list(self._read_fds.values())
+        for fd in fds:
+            try:
+                if os.fstat(fd).st_nlink == 0:
+                    return True
+            except OSError:
+                continue
+        return False
+
     def segment_size_of(self, start: int) -> int:
         with self._wlock:
             if start == self._cur_start and not self.readonly:

@@ -68,6 +68,18 @@ def _memfds(pid: int) -> int:
     return n
 
 
+def _removed_segments(pid: int) -> int:
+    """Segment files process *pid* holds open that were removed."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        n += target.endswith(".seg (deleted)")
+    return n
+
+
 def test_the_process_decodes_ahead_and_the_bytes_are_the_tree(
         store: LocalStore, cache: tuple[Decoder, PlainCache]) -> None:
     data = content(1, 8 * MIB + 999)
@@ -236,3 +248,48 @@ def test_a_stopped_process_holds_no_reader_up_and_is_killed(
     _settle(pc, r)
     assert pc.read(r, 3 * MIB, MIB) == data[3 * MIB:4 * MIB]
     assert set(pc._entries[bytes(r.root)].have) == {1}
+
+
+def test_a_prune_under_the_process_is_no_damage_to_it(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Segments the process has open are compacted away by a prune in the daemon's store:
+    the process reads what is left right (after a fresh look) and logs no damage."""
+    from store.prune import prune
+
+    LocalStore.create(tmp_path / "s")
+    (tmp_path / "s" / "segment_size").write_text(str(1 << 20))  # many small segments
+    store = LocalStore.open(tmp_path / "s")
+    try:
+        gone, kept = content(40, 4 * MIB), os.urandom(4 * MIB)
+        ref_gone, ref_kept = write_bytes(store, gone), write_bytes(store, kept)
+        store.sync()
+        d = Decoder(store, store.path)
+        pc = PlainCache(64 * MIB, decoder=d)
+        try:
+            r = TreeReader(store, ref_gone.score)
+            assert _read_all(pc, r, len(gone)) == gone  # the process opens their segments
+            _settle(pc, r)
+            pc.clear()
+            report = prune(store, [ref_kept.score], max_unused=0)
+            assert report.victims and report.copied_records > 0, report.as_dict()
+            r2 = TreeReader(store, ref_kept.score)
+            decoded = d.decoded
+            assert _read_all(pc, r2, len(kept)) == kept
+            _settle(pc, r2)
+            assert d.decoded > decoded  # the process went on decoding after the prune
+            assert d._proc is not None
+            pid = d._proc.pid
+            assert _removed_segments(pid) == 0  # it let go of the removed ones (disk space)
+            _settle(pc, r2)
+            pc.clear()
+            prune(store, [], max_unused=0)  # everything dead, while the process is idle
+            deadline = time.monotonic() + 10
+            while _removed_segments(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _removed_segments(pid) == 0  # looked, and let go, with nothing asked of it
+        finally:
+            pc.close()
+    finally:
+        store.close()
+    err = capfd.readouterr().err
+    assert "deleted while in use" not in err and "cannot be read" not in err, err
