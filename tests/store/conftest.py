@@ -50,9 +50,6 @@ def local_store(tmp_path) -> Iterator[LocalStore]:
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[LocalStore]:
-    """A local store of its own, on disk."""
-    LocalStore.create(tmp_path / "s")
-    s = LocalStore.open(tmp_path / "s")
-    yield s
-    s.close()
+def store(local_store: LocalStore) -> LocalStore:
+    """A local store of its own, on disk (the name the cache's and decoder's tests use)."""
+    return local_store
