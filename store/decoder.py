@@ -3,8 +3,9 @@
 The decoded-content cache (store.plaincache) decodes the extents ahead of a sequential reader
 while the reader is served. Done by a thread of the daemon, that decode and the serving take
 the interpreter lock in turns thousands of times per megabyte: measured on a 2-CPU machine,
-~40 % of the daemon's time then goes to thread switches and lock hand-overs
-(docs/benchmarks.md, "Cold reads"). This module moves that decode into a process of its own:
+about a quarter of the daemon's samples went to putting threads to sleep and waking them,
+and the decoding thread spent two to four times the CPU of the same decode in a process of
+its own (docs/benchmarks.md, "Cold reads"). This module moves that decode into a process:
 
 * the process opens the block store **read-only** (as `grid` commands do beside a daemon) and
   verifies every block it reads, exactly as the daemon's own reads do;
