@@ -138,8 +138,7 @@ class PlainCache:
     """Decoded contents by score, in memory files. See the module docstring."""
 
     def __init__(self, limit: int, *, min_size: int = MIN_SIZE,
-                 max_entries: int = MAX_ENTRIES, read_ahead: bool = True,
-                 decoder: Decoder | None = None) -> None:
+                 max_entries: int = MAX_ENTRIES, decoder: Decoder | None = None) -> None:
         if limit <= 0 or max_entries <= 0 or min_size < 0:
             raise ValueError("limit and max_entries must be positive, min_size not negative")
         self.limit = limit
@@ -152,7 +151,7 @@ class PlainCache:
         self.fills = 0  # extents decoded into the cache
         self.ahead_fills = 0  # of which decoded ahead of a reader
         self.disabled = not hasattr(os, "memfd_create")
-        self.read_ahead = read_ahead
+        self.read_ahead = True  # until close
         self.decoder = decoder  # decodes ahead in a process of its own (store.decoder)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -265,7 +264,7 @@ class PlainCache:
                                             stop, gen)
             except RuntimeError:  # shut down meanwhile: decode as it comes
                 c.ahead = None
-                self._undo_ahead(c, start, stop)
+                self._undo_ahead_locked(c, start, stop)
 
     def _ahead(self, store: BlockStore, root: bytes, c: _Content, key: bytes, start: int, stop: int,
                gen: int) -> None:
@@ -296,16 +295,17 @@ class PlainCache:
     def _ended_ahead(self, c: _Content, start: int, stop: int, gen: int) -> None:
         """Decode ahead number *gen* of *c* ended: what it left AHEAD is missing again, and
         the next may start (unless this one was taken back and another runs already)."""
-        self._undo_ahead(c, start, stop)
         with self._lock:
+            self._undo_ahead_locked(c, start, stop)
             if c.ahead_gen == gen:
                 c.ahead = None
 
-    def _undo_ahead(self, c: _Content, start: int, stop: int) -> None:
-        with self._lock:
-            for x in range(start, stop):
-                if c.have[x] == AHEAD:
-                    c.have[x] = MISSING
+    @staticmethod
+    def _undo_ahead_locked(c: _Content, start: int, stop: int) -> None:
+        """Extents start..stop-1 still AHEAD are missing again. The cache's lock is held."""
+        for x in range(start, stop):
+            if c.have[x] == AHEAD:
+                c.have[x] = MISSING
 
     def _await_ahead(self, c: _Content) -> None:
         """A read reached extents being decoded ahead: wait for that decode, or take it back
@@ -322,9 +322,7 @@ class PlainCache:
                 if self.decoder is not None:
                     self.decoder.stuck(fut)
         with self._lock:  # cancelled before it ran, or taken back: its extents are ours
-            for x in range(len(c.have)):
-                if c.have[x] == AHEAD:
-                    c.have[x] = MISSING
+            self._undo_ahead_locked(c, 0, len(c.have))
             if c.ahead is fut:
                 c.ahead = None
                 c.ahead_gen += 1  # its end, when it comes, is not the current one's

@@ -324,3 +324,29 @@ def test_closed_cache_serves_without_decoding_ahead(store: LocalStore) -> None:
         assert pc.range(r, off, EXTENT).read() == data[off:off + EXTENT]  # type: ignore[union-attr]
         off += EXTENT
     assert pc.ahead_fills == 0
+
+
+def test_a_pool_shut_down_under_a_reader_leaves_it_decoding(store: LocalStore) -> None:
+    """The decode-ahead pool refusing work (shut down between the reader's look at
+    ``read_ahead`` and its submit) costs the reader nothing: it decodes as it comes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = content(46, 3 * MIB)
+    r = tree(store, data)
+    pc = PlainCache(64 * MIB)
+    pc._pool = ThreadPoolExecutor(1)
+    pc._pool.shutdown()  # read_ahead still True: the race's state
+    got: list[bytes] = []
+
+    def read() -> None:
+        off = 0
+        while off < len(data):
+            got.append(pc.read(r, off, EXTENT))
+            off += EXTENT
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()  # no deadlock on the cache's own lock
+    assert b"".join(got) == data
+    assert 2 not in _states(pc, r) and pc.ahead_fills == 0
