@@ -492,15 +492,22 @@ class LocalStore(BlockStore):
                       "check`, then `grid store repair`", self.path, what)
         return CorruptBlock(score, f"store {self.path}", f"{what} (deleted?)")
 
+    def _removed_open_segments(self) -> list[int]:
+        """The segments this store has open for reading whose files were removed meanwhile."""
+        out = []
+        for seg, fd in list(self._read_fds.items()):
+            try:
+                if os.fstat(fd).st_nlink == 0:
+                    out.append(seg)
+            except OSError:
+                continue
+        return out
+
     def _notice_unlinked(self) -> None:
         """Log, once each, segment files deleted while this store had them open. Their blocks
         stay readable through the open descriptor only until the store is closed."""
-        for seg, fd in list(self._read_fds.items()):
-            try:
-                gone = os.fstat(fd).st_nlink == 0
-            except OSError:
-                continue
-            if gone and (seg, True) not in self._gone_logged:
+        for seg in self._removed_open_segments():
+            if (seg, True) not in self._gone_logged:
                 self._gone_logged.add((seg, True))
                 log.error("store %s: segment file %s was deleted while in use: its blocks are read "
                           "from the open file until this process stops, then lost; run `grid store "
@@ -885,15 +892,7 @@ class LocalStore(BlockStore):
         """Whether a segment file this store has open for reading was removed meanwhile (by
         the writer's prune, when this store is a read-only view beside it): its disk space
         comes back only when this store lets go of it (close, and open again)."""
-        with self._wlock:
-            fds = list(self._read_fds.values())
-        for fd in fds:
-            try:
-                if os.fstat(fd).st_nlink == 0:
-                    return True
-            except OSError:
-                continue
-        return False
+        return bool(self._removed_open_segments())
 
     def segment_size_of(self, start: int) -> int:
         with self._wlock:
