@@ -68,6 +68,14 @@ def _memfds(pid: int) -> int:
     return n
 
 
+def _on_disk(store: LocalStore, *datas: bytes) -> list[TreeReader]:
+    """Readers of *datas* written into *store* and synced, so that a process opening the
+    store read-only sees them."""
+    refs = [write_bytes(store, x) for x in datas]
+    store.sync()
+    return [TreeReader(store, ref.score) for ref in refs]
+
+
 def _removed_segments(pid: int) -> int:
     """Segment files process *pid* holds open that were removed."""
     n = 0
@@ -83,10 +91,8 @@ def _removed_segments(pid: int) -> int:
 def test_the_process_decodes_ahead_and_the_bytes_are_the_tree(
         store: LocalStore, cache: tuple[Decoder, PlainCache]) -> None:
     data = content(1, 8 * MIB + 999)
-    ref = write_bytes(store, data)
-    store.sync()
+    (r,) = _on_disk(store, data)
     d, pc = cache
-    r = TreeReader(store, ref.score)
     assert _read_all(pc, r, len(data)) == data
     _settle(pc, r)
     assert d.running and d.decoded > 0  # the process did part of the work
@@ -100,10 +106,8 @@ def test_the_process_decodes_ahead_and_the_bytes_are_the_tree(
 def test_a_block_the_process_cannot_see_is_decoded_here(
         store: LocalStore, cache: tuple[Decoder, PlainCache]) -> None:
     first = content(2, 3 * MIB)
-    ref1 = write_bytes(store, first)
-    store.sync()
+    (r1,) = _on_disk(store, first)
     d, pc = cache
-    r1 = TreeReader(store, ref1.score)
     assert _read_all(pc, r1, len(first)) == first
     _settle(pc, r1)
     assert d.running and d.decoded > 0  # the process is up, the store open in it
@@ -143,10 +147,8 @@ def test_a_killed_process_leaves_the_reads_right_and_is_started_again(
         store: LocalStore, cache: tuple[Decoder, PlainCache], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoder_mod, "RESTART_AFTER", 0.3)
     datas = [content(10 + i, 4 * MIB) for i in range(3)]
-    refs = [write_bytes(store, x) for x in datas]
-    store.sync()
+    r0, r1, r2 = _on_disk(store, *datas)
     d, pc = cache
-    r0 = TreeReader(store, refs[0].score)
     assert _read_all(pc, r0, 2 * MIB) == datas[0][:2 * MIB + 65512 - (2 * MIB) % 65512]
     assert d._proc is not None
     old = d._proc
@@ -162,10 +164,8 @@ def test_a_killed_process_leaves_the_reads_right_and_is_started_again(
     while d.running and time.monotonic() < deadline:  # the reply thread saw it end
         time.sleep(0.01)
     assert not d.running
-    r1 = TreeReader(store, refs[1].score)
     assert _read_all(pc, r1, len(datas[1])) == datas[1]  # decoded by a thread meanwhile
     time.sleep(0.4)
-    r2 = TreeReader(store, refs[2].score)
     decoded = d.decoded
     assert _read_all(pc, r2, len(datas[2])) == datas[2]
     _settle(pc, r2)
@@ -174,13 +174,11 @@ def test_a_killed_process_leaves_the_reads_right_and_is_started_again(
 
 def test_dropped_contents_are_let_go_by_the_process(store: LocalStore) -> None:
     datas = [content(20 + i, 3 * MIB) for i in range(4)]
-    refs = [write_bytes(store, x) for x in datas]
-    store.sync()
+    readers = _on_disk(store, *datas)
     d = Decoder(store, store.path)
     pc = PlainCache(7 * MIB, decoder=d)  # two contents fit, not three
     try:
-        for ref, x in zip(refs, datas, strict=True):
-            r = TreeReader(store, ref.score)
+        for r, x in zip(readers, datas, strict=True):
             assert _read_all(pc, r, len(x)) == x
             _settle(pc, r)
         assert d._proc is not None
@@ -222,10 +220,8 @@ def test_a_stopped_process_holds_no_reader_up_and_is_killed(
 
     monkeypatch.setattr(plaincache_mod, "AHEAD_WAIT", 0.3)
     data = content(30, 6 * MIB)
-    ref = write_bytes(store, data)
-    store.sync()
+    (r,) = _on_disk(store, data)
     d, pc = cache
-    r = TreeReader(store, ref.score)
     assert _read_all(pc, r, 2 * MIB) == data[:2 * MIB + 65512 - (2 * MIB) % 65512]
     stopped = d._proc
     assert stopped is not None
@@ -261,18 +257,15 @@ def test_a_prune_under_the_process_is_no_damage_to_it(
     store = LocalStore.open(tmp_path / "s")
     try:
         gone, kept = content(40, 4 * MIB), os.urandom(4 * MIB)
-        ref_gone, ref_kept = write_bytes(store, gone), write_bytes(store, kept)
-        store.sync()
+        r, r2 = _on_disk(store, gone, kept)
         d = Decoder(store, store.path)
         pc = PlainCache(64 * MIB, decoder=d)
         try:
-            r = TreeReader(store, ref_gone.score)
             assert _read_all(pc, r, len(gone)) == gone  # the process opens their segments
             _settle(pc, r)
             pc.clear()
-            report = prune(store, [ref_kept.score], max_unused=0)
+            report = prune(store, [r2.root], max_unused=0)
             assert report.victims and report.copied_records > 0, report.as_dict()
-            r2 = TreeReader(store, ref_kept.score)
             decoded = d.decoded
             assert _read_all(pc, r2, len(kept)) == kept
             _settle(pc, r2)
