@@ -69,6 +69,16 @@ def wait_socket(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
     time.sleep(0.2)
 
 
+def start_daemon(home: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`grid serve` for *home*, running the code of the checkout *root*, once its 9P socket
+    is up."""
+    env = dict(os.environ, GRID_HOME=str(home), PYTHONPATH=str(root), GRID_AUTOSTART="0")
+    d = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "serve"], env=env, cwd=root,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_socket(home / "run" / "9p.sock", d, "grid serve")
+    return d
+
+
 def cat_mbs(server: str, aname: str, name: str, size: int, msize: int) -> float:
     t0 = time.perf_counter()
     with open(os.devnull, "wb") as null:
@@ -185,10 +195,7 @@ def main() -> None:
         home = base / "home"
         grid(home, "init")
         grid(home, "import", str(data), "bench")
-        env = dict(os.environ, GRID_HOME=str(home), PYTHONPATH=str(ROOT), GRID_AUTOSTART="0")
-        daemon = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "serve"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_socket(home / "run" / "9p.sock", daemon, "grid serve")
+        daemon = start_daemon(home)
         print(f"bench/ninep: grid serve pid {daemon.pid}", file=sys.stderr, flush=True)
         sid = grid(home, "spawn", "-q", "bench").strip()
         dsock = base / "diod.sock"

@@ -37,14 +37,6 @@ sys.path.insert(0, str(HERE))
 import ninep as nb  # noqa: E402  (bench/ninep.py: the clients and helpers)
 
 
-def start_daemon(home: Path, root: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, GRID_HOME=str(home), PYTHONPATH=root, GRID_AUTOSTART="0")
-    d = subprocess.Popen([sys.executable, "-m", "grid.cli.main", "serve"], env=env, cwd=root,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    nb.wait_socket(home / "run" / "9p.sock", d, "grid serve")
-    return d
-
-
 def stop(p: subprocess.Popen[bytes]) -> None:
     p.send_signal(signal.SIGTERM)
     p.wait()
@@ -102,7 +94,7 @@ def main() -> None:
         if args.mode == "warm":
             servers = {"diod": (str(dsock), str(data), diod.pid)}
             for r in roots:
-                d = start_daemon(homes[r], r)
+                d = nb.start_daemon(homes[r], Path(r))
                 procs.append(d)
                 sid = nb.grid(homes[r], "spawn", "-q", "bench").strip()
                 servers[r] = (str(homes[r] / "run" / "9p.sock"), sid, d.pid)
@@ -117,7 +109,7 @@ def main() -> None:
                     drop_caches()
                     one("diod", str(dsock), str(data), diod.pid)
                 for r in roots:
-                    d = start_daemon(homes[r], r)
+                    d = nb.start_daemon(homes[r], Path(r))
                     try:
                         sid = nb.grid(homes[r], "spawn", "-q", "bench").strip()
                         if args.mode == "coldcold":
